@@ -1,0 +1,38 @@
+# Every target installs what it needs first: a fresh clone needs only Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Empty by default: tests start the embedded PostgreSQL under ./var/.
+TEST_DATABASE_URL ?=
+export TEST_DATABASE_URL
+
+.PHONY: install run test lint typecheck pytest bench chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: serve on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+run: install
+	$(BIN)/python -m service.dev
+
+## test: lint, type-check, then the whole suite on real PostgreSQL
+test: lint typecheck pytest
+
+lint: install
+	$(BIN)/ruff check service tests migrations bench
+	$(BIN)/ruff format --check service tests migrations bench
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,44 @@
+"""Billing-webhook receiver: Stripe events in, plan tiers and API quotas out.
+
+`create_app()` is the WSGI application factory (`gunicorn 'service:create_app()'`) and
+reads like a table of contents of the service.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from .config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the application from `settings`, or from the environment when none is given."""
+    from . import health
+    from .db import make_engine
+    from .errors import register_error_handlers
+    from .logging_setup import configure_logging
+    from .stripe_webhooks import views as stripe_webhooks
+    from .stripe_webhooks.processing import ProcessingContext
+
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
+    app.config["SECRET_KEY"] = settings.secret_key
+
+    database_url = settings.database_url or _embedded_database_url()
+    app.extensions["engine"] = make_engine(database_url, settings)
+    app.extensions["processing_context"] = ProcessingContext(settings=settings)
+
+    register_error_handlers(app)
+    app.register_blueprint(stripe_webhooks.bp)
+    app.register_blueprint(health.bp)
+    return app
+
+
+def _embedded_database_url() -> str:
+    from .embedded_db import embedded_server_url
+
+    return embedded_server_url()

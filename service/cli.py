@@ -1,0 +1,75 @@
+"""The `webhooks` command line, a Flask CLI (`flask --app service ...` works the same)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from . import create_app
+from .config import SettingsError
+
+
+def _make_app() -> Flask:
+    try:
+        return create_app()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(cls=FlaskGroup, create_app=_make_app, add_default_commands=False)
+def cli() -> None:
+    """Receive Stripe billing webhooks and keep plans and API quotas in PostgreSQL."""
+
+
+@cli.command("serve")
+@click.option(
+    "--bind",
+    default=lambda: os.environ.get("BIND", "127.0.0.1:8000"),
+    show_default="127.0.0.1:8000",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="gunicorn workers (default: WEB_CONCURRENCY or 2 per core)",
+)
+def serve(bind: str, workers: int | None) -> None:
+    """Serve the application with gunicorn."""
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "service:create_app()",
+        "-c",
+        "python:service.gunicorn_conf",
+        "--bind",
+        bind,
+    ]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    os.execv(sys.executable, args)
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Migrate the schema to REVISION (default: head) under an advisory lock."""
+    from .migrate import upgrade
+
+    upgrade(current_app.extensions["engine"], revision)
+    click.echo(f"database at {revision}")
+
+
+def main() -> None:
+    """Entry point of the `webhooks` console script."""
+    cli(prog_name="webhooks")

@@ -1,0 +1,1 @@
+"""Stripe webhooks: verify, store, dispatch."""

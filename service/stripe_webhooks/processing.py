@@ -1,0 +1,186 @@
+"""Store a verified event, then apply it through the handler table, in one transaction.
+
+Used by the webhook view, the worker, replays and catch-up alike, so an event takes the
+same path however it arrives. The caller owns the transaction; nothing here commits.
+
+Lock order, the same everywhere so concurrent deliveries cannot deadlock:
+1. the customer's advisory lock (`lock_customer`), which serialises every event of one
+   Stripe customer across processes and machines;
+2. then the event rows (`INSERT ... ON CONFLICT`, `SELECT ... FOR UPDATE`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from . import models
+from .handlers import HANDLERS, Outcome
+from .payload import Event, event_from_payload
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate"
+# Longest wait between two retries of a failed event, whatever the attempt count.
+MAX_BACKOFF = timedelta(hours=6)
+
+_INSERT_EVENT = text(
+    """
+    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, customer_id)
+    VALUES (:id, :type, to_timestamp(:created), :livemode, :api_version,
+            CAST(:payload AS jsonb), :customer_id)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+_LOCK_EXISTING = text("SELECT status FROM stripe_events WHERE id = :id FOR UPDATE")
+_LOCK_CUSTOMER = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_RECORD_OUTCOME = text(
+    """
+    UPDATE stripe_events
+       SET status = :status, attempts = attempts + 1, last_error = :last_error,
+           next_attempt_at = :next_attempt_at, account_id = COALESCE(:account_id, account_id),
+           processed_at = CASE WHEN :status IN ('processed', 'ignored') THEN now()
+                               ELSE processed_at END
+     WHERE id = :id
+    RETURNING attempts
+    """
+)
+_WAITING_FOR_CUSTOMER = text(
+    """
+    SELECT id, payload FROM stripe_events
+     WHERE customer_id = :customer_id AND status = 'pending'
+     ORDER BY created, id
+       FOR UPDATE
+    """
+)
+
+
+@dataclass(frozen=True)
+class ProcessingContext:
+    """What handlers may consult besides the session: settings and the Stripe API."""
+
+    settings: Settings
+    stripe_api: Any = None
+
+
+def lock_customer(session: Session, customer_id: str | None) -> None:
+    """Hold the customer's advisory lock until the transaction ends (see module docstring)."""
+    if customer_id:
+        session.execute(_LOCK_CUSTOMER, {"key": f"stripe-customer:{customer_id}"})
+
+
+def receive(session: Session, event: Event, raw_json: str, context: ProcessingContext) -> str:
+    """Store a delivered event durably and apply it; return the status to answer Stripe.
+
+    A redelivery of an event already settled answers `duplicate`; one stored but not yet
+    applied (pending, failed, dead) gets another attempt.
+    """
+    lock_customer(session, event.customer_id)
+    inserted = session.execute(
+        _INSERT_EVENT,
+        {
+            "id": event.id,
+            "type": event.type,
+            "created": event.created,
+            "livemode": event.livemode,
+            "api_version": event.api_version,
+            "payload": raw_json,
+            "customer_id": event.customer_id,
+        },
+    ).first()
+    if inserted is None:
+        status = session.execute(_LOCK_EXISTING, {"id": event.id}).scalar_one()
+        if status in models.SETTLED_STATUSES:
+            log.info(
+                "stripe.event.duplicate",
+                extra={"event_id": event.id, "event_type": event.type, "status": status},
+            )
+            return DUPLICATE
+    return apply(session, event, context)
+
+
+def apply(session: Session, event: Event, context: ProcessingContext) -> str:
+    """Apply a stored (and locked) event through its handler and record the outcome.
+
+    A handler error fails only this event: its changes are rolled back to a savepoint and
+    the event is kept as `failed` for the worker to retry, or `dead` after the last
+    attempt. Losing the database is not the event's fault and propagates to the caller.
+    """
+    wanted_mode = context.settings.livemode
+    handler = HANDLERS.get(event.type)
+    error: str | None = None
+    if wanted_mode is not None and event.livemode != wanted_mode:
+        outcome = Outcome(models.IGNORED)
+        error = f"livemode={str(event.livemode).lower()} does not match STRIPE_LIVEMODE"
+    elif handler is None:
+        outcome = Outcome(models.IGNORED)
+    else:
+        try:
+            with session.begin_nested():
+                outcome = handler(session, event, context)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            outcome = Outcome(models.FAILED)
+            error = f"{type(exc).__name__}: {exc}"
+    status = _record_outcome(session, event, outcome, error, context.settings)
+    if outcome.linked_customer_id:
+        apply_waiting_events(session, outcome.linked_customer_id, context)
+    return status
+
+
+def apply_waiting_events(session: Session, customer_id: str, context: ProcessingContext) -> None:
+    """Apply the events that were waiting for this customer to be linked, oldest first."""
+    rows = session.execute(_WAITING_FOR_CUSTOMER, {"customer_id": customer_id}).all()
+    for row in rows:
+        apply(session, event_from_payload(row.payload), context)
+
+
+def _record_outcome(
+    session: Session, event: Event, outcome: Outcome, error: str | None, settings: Settings
+) -> str:
+    status = outcome.status
+    next_attempt_at = None
+    if status == models.FAILED:
+        # The attempt being recorded is number attempts+1; the backoff doubles each time.
+        attempts = session.execute(
+            text("SELECT attempts FROM stripe_events WHERE id = :id"), {"id": event.id}
+        ).scalar_one()
+        if attempts + 1 >= settings.worker_max_attempts:
+            status = models.DEAD
+        else:
+            delay = min(
+                timedelta(seconds=settings.worker_backoff_seconds * 2**attempts), MAX_BACKOFF
+            )
+            next_attempt_at = datetime.now(UTC) + delay
+    session.execute(
+        _RECORD_OUTCOME,
+        {
+            "id": event.id,
+            "status": status,
+            "last_error": error,
+            "next_attempt_at": next_attempt_at,
+            "account_id": outcome.account_id,
+        },
+    )
+    level = logging.WARNING if status in (models.FAILED, models.DEAD) else logging.INFO
+    log.log(
+        level,
+        f"stripe.event.{status}",
+        extra={
+            "event_id": event.id,
+            "event_type": event.type,
+            "status": status,
+            "account_id": outcome.account_id,
+            "error": error,
+        },
+    )
+    return status

@@ -1,0 +1,85 @@
+"""The Stripe blueprint: `POST /webhooks/stripe` verifies, stores, then applies.
+
+Every status code of the endpoint is decided in this module: 400 for a bad signature or
+payload, 413 for an oversized body, 503 when the database cannot store the event (so
+Stripe retries), and 200 only once the event is durably committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import DataError, SQLAlchemyError
+
+from ..db import transaction
+from ..errors import error_response
+from ..metrics import SIGNATURE_FAILURES, observe_webhook
+from . import models
+from .payload import PayloadError, parse_event
+from .processing import ProcessingContext, receive
+from .signature import SignatureError, verify
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("stripe_webhooks", __name__)
+
+# Stripe retries on its own schedule; the header tells other callers when to come back.
+RETRY_AFTER_SECONDS = "30"
+
+
+@bp.post("/webhooks/stripe")
+def receive_stripe_event() -> tuple[Response, int]:
+    """Verify the signature over the raw body before anything touches the database."""
+    settings = current_app.config["SETTINGS"]
+    limit = settings.max_webhook_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return error_response("payload_too_large", f"The body exceeds {limit} bytes", 413)
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        return error_response("payload_too_large", f"The body exceeds {limit} bytes", 413)
+
+    try:
+        verify(
+            body,
+            request.headers.get("Stripe-Signature"),
+            settings.stripe_webhook_secrets,
+            settings.stripe_webhook_tolerance,
+            time.time(),
+        )
+    except SignatureError as exc:
+        SIGNATURE_FAILURES.inc()
+        log.info("stripe.signature.invalid", extra={"reason": str(exc)})
+        return error_response("invalid_signature", str(exc), 400)
+
+    try:
+        event, raw_json = parse_event(body)
+    except PayloadError as exc:
+        log.info("stripe.payload.invalid", extra={"reason": str(exc)})
+        return error_response("invalid_payload", str(exc), 400)
+
+    context: ProcessingContext = current_app.extensions["processing_context"]
+    started = time.perf_counter()
+    try:
+        with transaction(current_app.extensions["engine"]) as session:
+            status = receive(session, event, raw_json, context)
+    except DataError as exc:
+        # PostgreSQL refused the JSON (a \u0000 in a string, NaN): the body is at fault.
+        log.info("stripe.payload.invalid", extra={"event_id": event.id, "reason": str(exc.orig)})
+        return error_response(
+            "invalid_payload", "The event's JSON cannot be stored (null character or NaN)", 400
+        )
+    except SQLAlchemyError as exc:
+        log.error(
+            "stripe.event.store_failed",
+            extra={"event_id": event.id, "event_type": event.type, "error": type(exc).__name__},
+        )
+        response, code = error_response(
+            "database_unavailable", "The event could not be stored; retry later", 503
+        )
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response, code
+    observe_webhook(event.type, status, time.perf_counter() - started)
+    answered = models.FAILED if status == models.DEAD else status
+    return jsonify(received=True, id=event.id, status=answered), 200

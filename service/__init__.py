@@ -6,9 +6,14 @@ reads like a table of contents of the service.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .stripe_api import StripeApi
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -30,12 +35,23 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     database_url = settings.database_url or _embedded_database_url()
     app.extensions["engine"] = make_engine(database_url, settings)
-    app.extensions["processing_context"] = ProcessingContext(settings=settings)
+    app.extensions["processing_context"] = ProcessingContext(
+        settings=settings, stripe_api=_stripe_api(settings)
+    )
 
     register_error_handlers(app)
     app.register_blueprint(stripe_webhooks.bp)
     app.register_blueprint(health.bp)
     return app
+
+
+def _stripe_api(settings: Settings) -> StripeApi | None:
+    """The Stripe API client when `STRIPE_API_KEY` is set; without a key nothing calls Stripe."""
+    from .stripe_api import StripeApi
+
+    if not settings.stripe_api_key:
+        return None
+    return StripeApi(settings.stripe_api_key, api_base=settings.stripe_api_base)
 
 
 def _embedded_database_url() -> str:

@@ -25,6 +25,7 @@ from service.config import Settings, normalize_database_url
 from service.migrate import upgrade
 
 from .helpers import TEST_SECRET
+from .stripe_double import StripeDouble
 
 # Tables a migration seeds and tests only read.
 SEEDED_TABLES = frozenset({"alembic_version", "plans"})
@@ -91,6 +92,13 @@ def engine(app: Flask) -> Engine:
     """The application's own engine, for asserting what it stored."""
     engine: Engine = app.extensions["engine"]
     return engine
+
+
+@pytest.fixture
+def stripe_double() -> Iterator[StripeDouble]:
+    """A running local double of the Stripe API (tests/stripe_double.py)."""
+    with StripeDouble() as double:
+        yield double
 
 
 @pytest.fixture(autouse=True)

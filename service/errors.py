@@ -14,9 +14,13 @@ def error_response(error: str, message: str, status: int) -> tuple[Response, int
     return jsonify(error=error, message=message), status
 
 
+# Where werkzeug's name for a status is not the one this service documents.
+_ERROR_NAMES = {413: "payload_too_large"}
+
+
 def _http_error(exc: HTTPException) -> WerkzeugResponse:
     code = exc.code or 500
-    name = (exc.name or "error").lower().replace(" ", "_")
+    name = _ERROR_NAMES.get(code) or (exc.name or "error").lower().replace(" ", "_")
     response = exc.get_response()
     response.set_data(json.dumps({"error": name, "message": exc.description}))
     response.content_type = "application/json"

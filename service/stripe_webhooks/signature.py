@@ -23,10 +23,12 @@ def _timestamp_and_signatures(header: str) -> tuple[int, list[str]]:
     """Split the header the way the stripe library does, raising on a malformed one."""
     items = [item.split("=", 2) for item in header.split(",")]
     try:
-        timestamp = int(next(item[1] for item in items if item[0] == "t"))
-    except (StopIteration, IndexError, ValueError):
+        # Like the library: every `t` and `v1` item must carry a value, the first `t` wins.
+        timestamps = [item[1] for item in items if item[0] == "t"]
+        timestamp = int(timestamps[0])
+        signatures = [item[1] for item in items if item[0] == SCHEME]
+    except (IndexError, ValueError):
         raise SignatureError("Unable to extract timestamp and signatures from header") from None
-    signatures = [item[1] for item in items if item[0] == SCHEME and len(item) > 1]
     return timestamp, signatures
 
 

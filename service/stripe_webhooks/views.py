@@ -12,6 +12,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import DataError, SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..db import transaction
 from ..errors import error_response
@@ -27,6 +28,32 @@ bp = Blueprint("stripe_webhooks", __name__)
 
 # Stripe retries on its own schedule; the header tells other callers when to come back.
 RETRY_AFTER_SECONDS = "30"
+_READ_SIZE = 64 * 1024
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The raw body, or `None` as soon as it is known to exceed `limit` bytes.
+
+    A declared `Content-Length` over the limit is refused before a byte is read. A
+    chunked body is read until it ends or passes the limit, never further. The stream is
+    read in a loop because one read may return less than asked for.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    # werkzeug's own maximum cannot tell a body of exactly `limit` bytes from a longer
+    # one it cut off; allowing one byte more lets this loop see the difference.
+    request.max_content_length = limit + 1
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := request.stream.read(min(_READ_SIZE, limit + 1 - size)):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except RequestEntityTooLarge:
+        return None
+    return b"".join(chunks)
 
 
 @bp.post("/webhooks/stripe")
@@ -34,10 +61,8 @@ def receive_stripe_event() -> tuple[Response, int]:
     """Verify the signature over the raw body before anything touches the database."""
     settings = current_app.config["SETTINGS"]
     limit = settings.max_webhook_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return error_response("payload_too_large", f"The body exceeds {limit} bytes", 413)
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
+    body = _read_body(limit)
+    if body is None:
         return error_response("payload_too_large", f"The body exceeds {limit} bytes", 413)
 
     try:

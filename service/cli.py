@@ -70,6 +70,51 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+@cli.command("worker")
+@click.option("--once", is_flag=True, help="Attempt the events due now, then exit.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Candidate events read per round.",
+)
+@with_appcontext
+def worker(once: bool, batch: int) -> None:
+    """Retry failed events (backoff, then dead) and apply pending ones whose customer is linked."""
+    import threading
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .stripe_webhooks.worker import Worker, stop_on_signals, summary
+
+    stop = threading.Event()
+    runner = Worker(
+        current_app.extensions["engine"],
+        current_app.extensions["processing_context"],
+        batch=batch,
+        stop=stop,
+    )
+    with stop_on_signals(stop):
+        if not once:
+            runner.run()
+            return
+        try:
+            result = runner.drain()
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database unavailable: {type(exc).__name__}") from None
+    click.echo(summary(result))
+
+
+def _register_ops_commands() -> None:
+    from .ops.commands import register_commands
+
+    register_commands(cli)
+
+
+_register_ops_commands()
+
+
 def main() -> None:
     """Entry point of the `webhooks` console script."""
     cli(prog_name="webhooks")

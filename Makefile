@@ -36,5 +36,9 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## bench: the service against this machine's ceiling (bench/RESULTS.md); BENCH_* env vars size it
+bench: install
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts

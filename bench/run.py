@@ -1,0 +1,420 @@
+"""`make bench`: the full service against the ceiling of this machine, side by side.
+
+One run, one throwaway database: the ceiling (bench/ceiling.py), the service on an empty
+database, then the service again with BENCH_GROWTH_EVENTS (default 1,000,000) events
+already stored. Each target gets the same gunicorn settings and the same traffic from a
+separate load process at BENCH_CONCURRENCY (16) for BENCH_SECONDS. Prints a table,
+checks the targets, and writes bench/RESULTS.md. BENCH_MEMORY_EVENTS=200000 adds a long
+run that samples every worker's RSS (the memory check). Exit status 1 when a target is
+missed, so a regression cannot pass unnoticed.
+
+Environment: BENCH_DATABASE_URL or DATABASE_URL (a server to create the throwaway
+database on; default the embedded server under ./var/bench-postgres), BENCH_SECONDS (20),
+BENCH_WARMUP (3), BENCH_CUSTOMERS (1000), BENCH_CONCURRENCY (16),
+BENCH_GROWTH_EVENTS (1000000; 0 skips), BENCH_MEMORY_EVENTS (0 skips), WEB_CONCURRENCY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from .ceiling import TABLE as CEILING_TABLE
+from .pg import ROOT, server_url, throwaway_database
+from .server import CEILING_APP, SERVICE_APP, Gunicorn
+
+OUT = ROOT / "bench" / "out"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    codes: dict[int, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    sent_ids: int = 0
+    accepted: int = 0
+    stored: int = 0
+    applied: int | None = None
+    audit: int | None = None
+    stored_statuses: dict[str, int] = field(default_factory=dict)
+    rss_start: dict[int, float] = field(default_factory=dict)
+    rss_end: dict[int, float] = field(default_factory=dict)
+    rss_samples: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def missing(self) -> int:
+        return self.accepted - self.stored
+
+
+def _read_records(path: Path) -> list[list[Any]]:
+    with path.open() as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def run_target(
+    name: str,
+    app: str,
+    database_url: str,
+    *,
+    customers: int,
+    seconds: float | None,
+    warmup: float,
+    concurrency: int,
+    max_events: int | None = None,
+    sample_every: float = 1.0,
+) -> Result:
+    """Start gunicorn with `app`, drive it from a load process, count what was stored."""
+    tag = f"{name.split()[0][:4]}{uuid.uuid4().hex[:6]}"
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"{tag}.jsonl"
+    server = Gunicorn(app, database_url, log=OUT / f"{tag}.gunicorn.log")
+    server.start()
+    result = Result(name)
+    try:
+        config = {
+            "urls": [server.url],
+            "tag": tag,
+            "customers": customers,
+            "concurrency": concurrency,
+            "warmup": warmup,
+            "seconds": seconds,
+            "max_events": max_events,
+            "out": str(out),
+        }
+        config_path = OUT / f"{tag}.json"
+        config_path.write_text(json.dumps(config))
+        load = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(config_path)], cwd=ROOT)
+        started_flag = Path(str(out) + ".started")
+        measuring = False
+        profiler: subprocess.Popen[bytes] | None = None
+        t0 = time.monotonic()
+        while load.poll() is None:
+            time.sleep(0.2 if not measuring else sample_every)
+            if not measuring and started_flag.exists():
+                measuring = True
+                t0 = time.monotonic()
+                result.rss_start = server.worker_rss_mib()
+                profiler = _start_profiler(name, server, seconds)
+            if measuring:
+                result.rss_samples.append((time.monotonic() - t0, server.worker_rss_mib()))
+        result.rss_end = server.worker_rss_mib()
+        if profiler is not None:
+            profiler.wait(60)
+        if load.returncode != 0:
+            raise RuntimeError(f"the load process failed ({load.returncode})")
+    finally:
+        server.stop()
+    records = _read_records(out)
+    measured = [r for r in records if r[0] == "measured"]
+    result.requests = len(measured)
+    if measured:
+        first = min(r[5] for r in measured)
+        last = max(r[5] + r[4] for r in measured)
+        result.seconds = last - first
+    result.latencies = [r[4] for r in measured]
+    for r in measured:
+        result.codes[r[2]] = result.codes.get(r[2], 0) + 1
+        if r[3]:
+            result.statuses[r[3]] = result.statuses.get(r[3], 0) + 1
+    accepted = {r[1] for r in records if r[2] == 200}
+    result.sent_ids = len({r[1] for r in records})
+    result.accepted = len(accepted)
+    _count_stored(result, database_url, app, accepted)
+    return result
+
+
+def _start_profiler(name: str, server: Gunicorn, seconds: float | None) -> Any:
+    """BENCH_PROFILE=NAME: sample that target's workers with py-spy while it is measured."""
+    wanted = os.environ.get("BENCH_PROFILE")
+    if not wanted or not name.startswith(wanted) or server.process is None:
+        return None
+    output = OUT / f"profile-{name.split()[0]}.txt"
+    duration = str(max(1, int((seconds or 30) - 1)))
+    command = [
+        "py-spy",
+        "record",
+        "--subprocesses",
+        "--format",
+        "raw",
+        "--rate",
+        "100",
+        "--nonblocking",
+        "--gil",
+    ]
+    command += ["-d", duration, "-o", str(output), "-p", str(server.process.pid)]
+    print(f"profiling {name} into {output}", flush=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / command[0]), *command[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _count_stored(result: Result, database_url: str, app: str, accepted: set[str]) -> None:
+    engine = create_engine(database_url)
+    ids = sorted(accepted)
+    with engine.connect() as connection:
+        if app == CEILING_APP:
+            result.stored = connection.execute(
+                text(f"SELECT count(*) FROM {CEILING_TABLE} WHERE id = ANY(:ids)"), {"ids": ids}
+            ).scalar_one()
+        else:
+            rows = connection.execute(
+                text(
+                    "SELECT status, count(*) FROM stripe_events"
+                    " WHERE id = ANY(:ids) GROUP BY status"
+                ),
+                {"ids": ids},
+            ).all()
+            by_status: dict[str, int] = dict(rows)  # type: ignore[arg-type]
+            result.stored = sum(by_status.values())
+            result.applied = by_status.get("processed", 0)
+            result.stored_statuses = by_status
+            result.audit = _audit_rows(connection, ids)
+    engine.dispose()
+
+
+def _audit_rows(connection: Any, ids: list[str]) -> int | None:
+    """Audit entries caused by these events, if the schema has an audit table."""
+    row = connection.execute(
+        text(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " AND column_name = 'event_id' AND table_name LIKE '%audit%' LIMIT 1"
+        )
+    ).first()
+    if row is None:
+        return None
+    return int(
+        connection.execute(
+            text(f'SELECT count(*) FROM "{row[0]}" WHERE event_id = ANY(:ids)'), {"ids": ids}
+        ).scalar_one()
+    )
+
+
+def bulk_load(database_url: str, count: int) -> float:
+    """Store `count` processed events quickly (one INSERT ... SELECT generate_series)."""
+    started = time.perf_counter()
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(
+            text(
+                """
+                INSERT INTO stripe_events (id, type, created, livemode, api_version, payload,
+                                           status, attempts, customer_id, processed_at)
+                SELECT 'evt_bulk_' || g, 'invoice.paid', to_timestamp(1700000000 + g), false,
+                       '2025-06-30.basil',
+                       jsonb_build_object(
+                         'id', 'evt_bulk_' || g, 'object', 'event', 'type', 'invoice.paid',
+                         'created', 1700000000 + g, 'livemode', false,
+                         'api_version', '2025-06-30.basil', 'pending_webhooks', 1,
+                         'data', jsonb_build_object('object', jsonb_build_object(
+                           'id', 'in_bulk_' || g, 'object', 'invoice',
+                           'customer', 'cus_bulk_' || (g % 100000), 'status', 'paid',
+                           'amount_paid', 2900, 'amount_due', 2900, 'currency', 'usd',
+                           'billing_reason', 'subscription_cycle',
+                           'parent', jsonb_build_object('subscription_details',
+                              jsonb_build_object('subscription', 'sub_bulk_' || (g % 100000)))))),
+                       'processed', 1, 'cus_bulk_' || (g % 100000), now()
+                  FROM generate_series(1, :count) AS g
+                """
+            ),
+            {"count": count},
+        )
+        connection.execute(text("VACUUM ANALYZE stripe_events"))
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def _row(r: Result) -> str:
+    applied = "-" if r.applied is None else str(r.applied)
+    audit = "-" if r.audit is None else str(r.audit)
+    return (
+        f"| {r.name:<16} | {r.rate:>8.0f} | {r.pct(0.5):>6.1f} | {r.pct(0.99):>6.1f} "
+        f"| {max(r.latencies, default=0) * 1000:>7.1f} | {r.requests:>7} | {r.sent_ids:>7} "
+        f"| {r.accepted:>8} | {r.stored:>7} | {applied:>7} | {audit:>6} | {r.missing:>7} |"
+    )
+
+
+HEADER = (
+    "| target           | events/s | p50 ms | p99 ms |  max ms | answers |     ids "
+    "| accepted |  stored | applied |  audit | missing |\n"
+    "|------------------|---------:|-------:|-------:|--------:|--------:|--------:"
+    "|---------:|--------:|--------:|-------:|--------:|"
+)
+
+
+def _rss_line(r: Result) -> str:
+    parts = []
+    for pid, start in sorted(r.rss_start.items()):
+        end = r.rss_end.get(pid)
+        if end is not None:
+            parts.append(f"{start:.0f}->{end:.0f}")
+    return f"{r.name}: worker RSS MiB {', '.join(parts) or 'n/a'}"
+
+
+def main() -> int:
+    seconds = _env_float("BENCH_SECONDS", 20)
+    warmup = _env_float("BENCH_WARMUP", 3)
+    customers = _env_int("BENCH_CUSTOMERS", 1000)
+    concurrency = _env_int("BENCH_CONCURRENCY", 16)
+    growth = _env_int("BENCH_GROWTH_EVENTS", 1_000_000)
+    memory_events = _env_int("BENCH_MEMORY_EVENTS", 0)
+    base = server_url()
+    started = time.time()
+    results: list[Result] = []
+    notes: list[str] = []
+    common = {
+        "customers": customers,
+        "seconds": seconds,
+        "warmup": warmup,
+        "concurrency": concurrency,
+    }
+    print(f"bench: {os.cpu_count()} cores, concurrency {concurrency}, {seconds:.0f} s per target")
+    with throwaway_database(base) as url:
+        ceiling = run_target("ceiling", CEILING_APP, url, **common)  # type: ignore[arg-type]
+        results.append(ceiling)
+        print(_row(ceiling), flush=True)
+        service = run_target("service", SERVICE_APP, url, **common)  # type: ignore[arg-type]
+        results.append(service)
+        print(_row(service), flush=True)
+        grown: Result | None = None
+        if growth:
+            took = bulk_load(url, growth)
+            notes.append(f"bulk-loaded {growth:,} stored events in {took:.0f} s")
+            print(notes[-1], flush=True)
+            grown = run_target(
+                f"service +{growth // 1000}k",
+                SERVICE_APP,
+                url,
+                **common,  # type: ignore[arg-type]
+            )
+            results.append(grown)
+            print(_row(grown), flush=True)
+        memory: Result | None = None
+        if memory_events:
+            memory = run_target(
+                f"memory {memory_events // 1000}k",
+                SERVICE_APP,
+                url,
+                customers=customers,
+                seconds=None,
+                warmup=warmup,
+                concurrency=concurrency,
+                max_events=memory_events,
+                sample_every=5.0,
+            )
+            results.append(memory)
+
+    checks: list[tuple[str, bool]] = []
+    throughput_ratio = service.rate / ceiling.rate if ceiling.rate else 0.0
+    p99_ratio = service.pct(0.99) / ceiling.pct(0.99) if ceiling.pct(0.99) else 0.0
+    checks.append(
+        (f"throughput service/ceiling {throughput_ratio:.2f} >= 0.75", throughput_ratio >= 0.75)
+    )
+    checks.append((f"p99 service/ceiling {p99_ratio:.2f} <= 1.5", p99_ratio <= 1.5))
+    for r in results:
+        checks.append((f"{r.name}: accepted events missing {r.missing} == 0", r.missing == 0))
+        bad = r.codes.get(500, 0)
+        checks.append((f"{r.name}: 500 answers {bad} == 0", bad == 0))
+    if grown is not None:
+        growth_ratio = grown.rate / service.rate if service.rate else 0.0
+        checks.append(
+            (f"growth {grown.name}/service {growth_ratio:.2f} >= 0.90", growth_ratio >= 0.90)
+        )
+    if memory is not None:
+        checks.extend(_memory_checks(memory))
+
+    table = "\n".join([HEADER, *(_row(r) for r in results)])
+    lines = [
+        table,
+        "",
+        *(f"- {'PASS' if ok else 'FAIL'} {label}" for label, ok in checks),
+        "",
+        *(f"- {_rss_line(r)}" for r in results),
+        *(f"- {note}" for note in notes),
+        *(f"- {r.name}: answers {r.codes}, statuses {r.statuses}" for r in results),
+    ]
+    report = "\n".join(lines)
+    print()
+    print(report)
+    command = _command()
+    RESULTS.write_text(
+        "# Benchmark results (last run)\n\n"
+        f"- command: `{command}`\n"
+        f"- machine: {os.cpu_count()} cores (`nproc`), {platform.machine()}, "
+        f"Python {platform.python_version()}, finished "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC after {time.time() - started:.0f} s\n"
+        f"- settings: concurrency {concurrency}, {seconds:.0f} s measured per target after "
+        f"{warmup:.0f} s warm-up, {customers} customers linked first, 10 % duplicates, "
+        f"WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}\n\n"
+        "Columns: answers = requests answered in the measured window; ids = distinct events "
+        "sent in the whole run (link, warm-up, measured); accepted = distinct events answered "
+        "200; stored = accepted events found in the database; applied = stored as "
+        "`processed`; audit = audit entries naming those events; missing = accepted - stored."
+        "\n\n" + report + "\n"
+    )
+    failed = [label for label, ok in checks if not ok]
+    print(f"\nbench: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _memory_checks(memory: Result) -> list[tuple[str, bool]]:
+    """Flat: after the first fifth of the run, no worker grows by more than 10 MiB."""
+    checks: list[tuple[str, bool]] = []
+    samples = memory.rss_samples
+    if len(samples) < 5:
+        return [("memory: too few RSS samples", False)]
+    early = samples[len(samples) // 5][1]
+    late = samples[-1][1]
+    for pid, start in sorted(early.items()):
+        end = late.get(pid)
+        if end is None:
+            continue
+        growth = end - start
+        checks.append(
+            (f"memory worker {pid}: {start:.1f} -> {end:.1f} MiB (+{growth:.1f})", growth <= 10)
+        )
+    return checks
+
+
+def _command() -> str:
+    keys = [k for k in os.environ if k.startswith("BENCH_") or k == "WEB_CONCURRENCY"]
+    prefix = " ".join(f"{k}={os.environ[k]}" for k in sorted(keys))
+    return f"{prefix} make bench".strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

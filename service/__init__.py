@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application from `settings`, or from the environment when none is given."""
-    from . import health
+    from . import health, metrics
     from .db import make_engine
     from .errors import register_error_handlers
     from .logging_setup import configure_logging
+    from .ops import register_ops
     from .stripe_webhooks import views as stripe_webhooks
     from .stripe_webhooks.processing import ProcessingContext
 
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(stripe_webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    register_ops(app)
     return app
 
 

@@ -12,3 +12,29 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+
+# Prometheus: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and /metrics
+# adds them up, so a scrape sees the whole service rather than whichever worker answered.
+# It must be set before prometheus_client is first imported, which happens in the workers.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhooks-prometheus-")
+
+
+def on_starting(server: object) -> None:
+    """Start from an empty metrics directory: files of a previous run would add up."""
+    import glob
+
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop the live gauges of a worker that exited; its counters keep counting."""
+    from prometheus_client import multiprocess
+
+    # prometheus_client's multiprocess helpers are untyped; gunicorn passes its Worker.
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

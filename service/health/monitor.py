@@ -32,7 +32,7 @@ from typing import Final
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ..config import Settings
 from . import checks
@@ -204,7 +204,10 @@ class HealthMonitor:
             at = datetime.now(UTC)
             entries = checks.passing_checks(attempt.readings, self.thresholds, at)
             return Report(checks.overall(entries), entries, at)
-        output = UNAVAILABLE if isinstance(attempt.error, DBAPIError | OSError) else ERROR
+        # Unreachable or gone is "unavailable"; anything else (say, migrations not run) is
+        # the check failing, which the log names by type for whoever is on call.
+        unreachable = OperationalError | InterfaceError | OSError
+        output = UNAVAILABLE if isinstance(attempt.error, unreachable) else ERROR
         log.warning(
             "health.database.failed",
             extra={"error_type": type(attempt.error).__name__, "reason": output},

@@ -1,0 +1,225 @@
+"""Where a subscription change becomes a quota change: an account's plan and quota.
+
+`recompute_account` derives the plan from all of the account's subscriptions and the quota
+from that plan and any ops override, and writes an audit entry naming the cause when
+anything changed. Webhook handlers, ops commands and `stripe sync` all end here, so the
+rules are applied one way only. Nothing here commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .plans import Quota, effective_plan, effective_quota, load_catalogue
+
+
+class AccountNotFound(LookupError):
+    """No account has this id."""
+
+
+class InvalidQuota(ValueError):
+    """A quota override must be positive whole numbers."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why an account's plan or quota changed: a Stripe event id or an ops action.
+
+    Exactly one is set; the audit trail stores it so ops can answer "why" in one step.
+    """
+
+    event_id: str | None = None
+    ops_action: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.event_id is None) == (self.ops_action is None):
+            raise ValueError("A cause names either a Stripe event id or an ops action")
+
+    @classmethod
+    def event(cls, event_id: str) -> Cause:
+        return cls(event_id=event_id)
+
+    @classmethod
+    def ops(cls, action: str) -> Cause:
+        return cls(ops_action=action)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's effective plan and quota."""
+
+    plan: str
+    quota: Quota
+
+
+_ENSURE_ACCOUNT = text(
+    """
+    INSERT INTO accounts (id, email, plan, requests_per_minute, monthly_requests)
+    SELECT :account_id, :email, name, requests_per_minute, monthly_requests
+      FROM plans WHERE name = 'free'
+    ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email
+     WHERE accounts.email IS NULL AND EXCLUDED.email IS NOT NULL
+    """
+)
+
+# One round trip: the account (locked, so concurrent recomputes of one account queue up),
+# its override and every subscription's (status, plan, deleted).
+_READ_FOR_RECOMPUTE = text(
+    """
+    SELECT a.plan, a.requests_per_minute, a.monthly_requests, a.quota_source,
+           o.requests_per_minute AS override_rpm, o.monthly_requests AS override_monthly,
+           (SELECT coalesce(json_agg(json_build_array(s.status, s.plan, s.deleted)), '[]')
+              FROM subscriptions s WHERE s.account_id = a.id) AS subscriptions
+      FROM accounts a LEFT JOIN quota_overrides o ON o.account_id = a.id
+     WHERE a.id = :account_id
+       FOR UPDATE OF a
+    """
+)
+
+# One round trip: the new state and the audit entry describing the change.
+_WRITE_CHANGE = text(
+    """
+    WITH before AS (
+        SELECT id, plan, requests_per_minute, monthly_requests, quota_source
+          FROM accounts WHERE id = :account_id
+    ), changed AS (
+        UPDATE accounts
+           SET plan = :plan, requests_per_minute = :rpm, monthly_requests = :monthly,
+               quota_source = :source, updated_at = now(),
+               plan_since = CASE WHEN plan = :plan THEN plan_since ELSE now() END
+         WHERE id = :account_id
+        RETURNING id
+    )
+    INSERT INTO audit_log (account_id, plan_before, plan_after,
+                           requests_per_minute_before, requests_per_minute_after,
+                           monthly_requests_before, monthly_requests_after,
+                           quota_source_before, quota_source_after,
+                           cause_event_id, cause_ops_action)
+    SELECT b.id, b.plan, :plan, b.requests_per_minute, :rpm, b.monthly_requests, :monthly,
+           b.quota_source, :source, :cause_event_id, :cause_ops_action
+      FROM before b JOIN changed c ON c.id = b.id
+    """
+)
+
+
+def ensure_account(session: Session, account_id: str, email: str | None = None) -> None:
+    """Create the account on the free plan if it does not exist; fill a missing email.
+
+    An existing email is kept: the customer's own snapshots (`customer.updated`) update it.
+    """
+    if not account_id:
+        raise ValueError("An account id must not be empty")
+    session.execute(_ENSURE_ACCOUNT, {"account_id": account_id, "email": email})
+
+
+def recompute_account(session: Session, account_id: str, cause: Cause) -> AccountState:
+    """Derive the account's plan and quota from its subscriptions and override.
+
+    Called after anything that may change them (a subscription snapshot, an override set or
+    cleared, a sync), so state is always recomputed from the evidence and never
+    incremented; replays are harmless. Writes an audit entry naming `cause` only when the
+    plan, the quota or its source changed. Locks the account row until the transaction
+    ends. Raises `AccountNotFound`.
+    """
+    row: Any = session.execute(_READ_FOR_RECOMPUTE, {"account_id": account_id}).first()
+    if row is None:
+        raise AccountNotFound(f"No account {account_id!r}")
+    catalogue = load_catalogue(session)
+    plan = effective_plan(
+        ((status, plan, bool(deleted)) for status, plan, deleted in row.subscriptions),
+        catalogue,
+    )
+    override = (row.override_rpm, row.override_monthly) if row.override_rpm is not None else None
+    quota = effective_quota(catalogue[plan], override)
+    state = AccountState(plan, quota)
+    current = AccountState(
+        row.plan, Quota(row.requests_per_minute, row.monthly_requests, row.quota_source)
+    )
+    if state != current:
+        session.execute(
+            _WRITE_CHANGE,
+            {
+                "account_id": account_id,
+                "plan": plan,
+                "rpm": quota.requests_per_minute,
+                "monthly": quota.monthly_requests,
+                "source": quota.source,
+                "cause_event_id": cause.event_id,
+                "cause_ops_action": cause.ops_action,
+            },
+        )
+    return state
+
+
+def _lock_account(session: Session, account_id: str) -> None:
+    found = session.execute(
+        text("SELECT 1 FROM accounts WHERE id = :account_id FOR UPDATE"),
+        {"account_id": account_id},
+    ).first()
+    if found is None:
+        raise AccountNotFound(f"No account {account_id!r}")
+
+
+def set_quota_override(
+    session: Session,
+    account_id: str,
+    requests_per_minute: int,
+    monthly_requests: int,
+    *,
+    ops_action: str,
+    reason: str | None = None,
+    set_by: str | None = None,
+) -> AccountState:
+    """Give the account a quota that wins over its plan's defaults until cleared.
+
+    For enterprise deals and incidents. The override survives plan changes because
+    `recompute_account` always applies it last. `ops_action` names the action in the audit
+    trail (e.g. "quota set via CLI"); `set_by` who did it (defaults to `ops_action`).
+    Raises `AccountNotFound` or `InvalidQuota`.
+    """
+    for name, value in (
+        ("requests_per_minute", requests_per_minute),
+        ("monthly_requests", monthly_requests),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidQuota(f"{name} must be a whole number of at least 1, got {value!r}")
+    _lock_account(session, account_id)
+    session.execute(
+        text(
+            """
+            INSERT INTO quota_overrides
+                   (account_id, requests_per_minute, monthly_requests, reason, set_by)
+            VALUES (:account_id, :rpm, :monthly, :reason, :set_by)
+            ON CONFLICT (account_id) DO UPDATE
+               SET requests_per_minute = EXCLUDED.requests_per_minute,
+                   monthly_requests = EXCLUDED.monthly_requests,
+                   reason = EXCLUDED.reason, set_by = EXCLUDED.set_by, set_at = now()
+            """
+        ),
+        {
+            "account_id": account_id,
+            "rpm": requests_per_minute,
+            "monthly": monthly_requests,
+            "reason": reason,
+            "set_by": set_by or ops_action,
+        },
+    )
+    return recompute_account(session, account_id, Cause.ops(ops_action))
+
+
+def clear_quota_override(session: Session, account_id: str, *, ops_action: str) -> AccountState:
+    """Remove the account's override so its plan's defaults apply again.
+
+    Clearing an account without an override changes nothing and writes no audit entry.
+    Raises `AccountNotFound`.
+    """
+    _lock_account(session, account_id)
+    session.execute(
+        text("DELETE FROM quota_overrides WHERE account_id = :account_id"),
+        {"account_id": account_id},
+    )
+    return recompute_account(session, account_id, Cause.ops(ops_action))

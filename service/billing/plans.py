@@ -1,0 +1,175 @@
+"""Plan rules as data plus small pure functions.
+
+The catalogue (names, ranks, quotas) lives in the `plans` table; these functions take it
+as an argument so every rule can be tested exhaustively without a database:
+
+- which subscription statuses grant access (`grants_access`),
+- the plan an account gets from its subscriptions (`effective_plan`),
+- the quota it gets from that plan and any ops override (`effective_quota`),
+- the plan a Stripe price stands for (`plan_for_price`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .models import SOURCE_OVERRIDE, SOURCE_PLAN
+
+FREE: Final = "free"
+# Statuses that grant the subscription's plan. `cancel_at_period_end` keeps a subscription
+# `active` until Stripe deletes it, so it keeps access until then.
+GRANTING_STATUSES: Final = frozenset({"active", "trialing", "past_due"})
+# Every status Stripe documents for a subscription; all but GRANTING_STATUSES grant nothing.
+SUBSCRIPTION_STATUSES: Final = (
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "paused",
+)
+
+
+class UnknownPrice(ValueError):
+    """A Stripe price maps to no plan; the message says what ops must configure."""
+
+
+@dataclass(frozen=True)
+class PlanTier:
+    """One row of the catalogue."""
+
+    name: str
+    rank: int
+    requests_per_minute: int
+    monthly_requests: int
+
+
+@dataclass(frozen=True)
+class Quota:
+    """An account's effective rate limits and where they come from (`plan`/`override`)."""
+
+    requests_per_minute: int
+    monthly_requests: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Price:
+    """What identifies a Stripe price for mapping: its id, `metadata.plan`, `lookup_key`."""
+
+    id: str
+    metadata_plan: str | None = None
+    lookup_key: str | None = None
+
+
+Catalogue = Mapping[str, PlanTier]
+
+
+def grants_access(status: str, deleted: bool = False) -> bool:
+    """Whether a subscription in `status` gives its account the subscription's plan."""
+    return not deleted and status in GRANTING_STATUSES
+
+
+def effective_plan(subscriptions: Iterable[tuple[str, str, bool]], catalogue: Catalogue) -> str:
+    """The highest-ranked plan among `(status, plan, deleted)` that grant access, else free."""
+    best = catalogue[FREE]
+    for status, plan, deleted in subscriptions:
+        if grants_access(status, deleted):
+            tier = catalogue[plan]
+            if tier.rank > best.rank:
+                best = tier
+    return best.name
+
+
+def effective_quota(tier: PlanTier, override: tuple[int, int] | None) -> Quota:
+    """An override `(requests_per_minute, monthly_requests)` wins over the plan's defaults."""
+    if override is not None:
+        return Quota(override[0], override[1], SOURCE_OVERRIDE)
+    return Quota(tier.requests_per_minute, tier.monthly_requests, SOURCE_PLAN)
+
+
+def plan_for_price(price: Price, plan_price_map: Mapping[str, str], catalogue: Catalogue) -> str:
+    """The plan a price stands for: PLAN_PRICE_MAP, then `metadata.plan`, then `lookup_key`.
+
+    Raises `UnknownPrice` rather than falling back to free: a paying customer silently
+    left on free is worse than an event that waits for ops to fix the mapping.
+    """
+    names = ", ".join(sorted(catalogue, key=lambda n: catalogue[n].rank))
+    mapped = plan_price_map.get(price.id)
+    if mapped is not None:
+        if mapped not in catalogue:
+            raise UnknownPrice(
+                f"PLAN_PRICE_MAP maps price {price.id} to {mapped!r}, which is not a plan "
+                f"(plans: {names}); fix PLAN_PRICE_MAP, then replay the event"
+            )
+        return mapped
+    if price.metadata_plan:
+        plan = price.metadata_plan.strip().lower()
+        if plan in catalogue:
+            return plan
+    if price.lookup_key:
+        key = price.lookup_key.strip().lower()
+        for name in catalogue:
+            if key == name or key.startswith(name + "_"):
+                return name
+    seen = []
+    if price.metadata_plan:
+        seen.append(f"metadata.plan={price.metadata_plan!r}")
+    if price.lookup_key:
+        seen.append(f"lookup_key={price.lookup_key!r}")
+    described = f" ({', '.join(seen)})" if seen else " (no metadata.plan, no lookup_key)"
+    raise UnknownPrice(
+        f"Stripe price {price.id}{described} maps to no plan: add it to PLAN_PRICE_MAP "
+        f"(e.g. PLAN_PRICE_MAP={price.id}=pro), or give the price metadata.plan or a "
+        f"lookup_key naming a plan ({names}) in Stripe; then replay the event"
+    )
+
+
+def plan_for_prices(
+    prices: Iterable[Price], plan_price_map: Mapping[str, str], catalogue: Catalogue
+) -> tuple[str, str | None]:
+    """The highest-ranked plan among a subscription's prices and the price that gives it.
+
+    Every price must map (an unmapped add-on is still an unknown price); a subscription
+    without any price is free.
+    """
+    best: tuple[str, str | None] = (FREE, None)
+    for price in prices:
+        plan = plan_for_price(price, plan_price_map, catalogue)
+        if best[1] is None or catalogue[plan].rank > catalogue[best[0]].rank:
+            best = (plan, price.id)
+    return best
+
+
+# The catalogue changes only with a migration (a deploy), so each process reads it at most
+# once a minute instead of on every event.
+_CATALOGUE_TTL_SECONDS = 60.0
+_catalogue_cache: dict[str, tuple[float, dict[str, PlanTier]]] = {}
+
+
+def load_catalogue(session: Session) -> Catalogue:
+    """The plan catalogue from the `plans` table, cached per database for a minute."""
+    key = str(session.get_bind().engine.url)
+    now = time.monotonic()
+    cached = _catalogue_cache.get(key)
+    if cached is not None and now - cached[0] < _CATALOGUE_TTL_SECONDS:
+        return cached[1]
+    rows: Any = session.execute(
+        text("SELECT name, rank, requests_per_minute, monthly_requests FROM plans")
+    ).all()
+    catalogue = {
+        row.name: PlanTier(row.name, row.rank, row.requests_per_minute, row.monthly_requests)
+        for row in rows
+    }
+    if FREE not in catalogue:
+        raise RuntimeError("The plans table has no 'free' plan: run `webhooks db upgrade`")
+    _catalogue_cache[key] = (now, catalogue)
+    return catalogue

@@ -126,29 +126,33 @@ class Worker:
     def drain(self) -> DrainResult:
         """Attempt every event due now, once each, then return (`webhooks worker --once`).
 
-        An event this drain already attempted is not picked again even if it is due
-        again at once (a zero backoff), so a drain always ends. Candidates whose customer
-        is busy are looked at again shortly: the other holder finishes soon.
+        An event this drain already attempted (or saw claimed elsewhere) is not picked
+        again even if it is due again at once (a zero backoff), so a drain always ends.
+        Candidates whose customer is busy are passed over for the rest of the round and
+        looked at again after a short pause, once nothing else is left.
         """
         result = DrainResult()
         settled: list[str] = []
+        busy: list[str] = []
         while not self.stop.is_set():
-            candidates = self._candidates(settled)
+            candidates = self._candidates(settled + busy)
             if not candidates:
-                break
-            busy = 0
+                if not busy:
+                    break
+                # Only events of customers held by someone else are left: they finish soon.
+                busy.clear()
+                self._sleep(BUSY_RETRY_SECONDS)
+                continue
             for event_id, customer_id in candidates:
                 if self.stop.is_set():
                     break
                 outcome, status = self.attempt(event_id, customer_id)
                 if outcome is Attempt.BUSY:
-                    busy += 1
+                    busy.append(event_id)
                     continue
                 settled.append(event_id)
                 if status is not None:
                     result.add(status)
-            if busy == len(candidates):
-                self._sleep(BUSY_RETRY_SECONDS)
         return result
 
     def run(self) -> None:

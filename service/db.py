@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session
 
+from . import db_watchdog
 from .config import Settings
 
 NAMING_CONVENTION = {
@@ -35,10 +36,11 @@ def make_engine(url: str, settings: Settings) -> Engine:
     """An engine whose connections give up instead of hanging a worker.
 
     `connect_timeout` bounds reaching the server; `statement_timeout` bounds a query the
-    server is running; TCP keepalives notice a peer that went away silently.
+    server is running; TCP keepalives notice a peer that went away silently; the watchdog
+    (service/db_watchdog.py) ends a call to a server that is there but never answers.
     """
     timeout_ms = int(settings.database_timeout * 1000)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
@@ -55,6 +57,9 @@ def make_engine(url: str, settings: Settings) -> Engine:
             "application_name": "billing-webhooks",
         },
     )
+    # A server that holds the connection open but never answers defeats all of the above.
+    db_watchdog.install(engine, settings.database_timeout)
+    return engine
 
 
 @contextmanager

@@ -98,7 +98,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket cut meanwhile
             return
         finally:
             for sock in (client, upstream):

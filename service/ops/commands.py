@@ -11,14 +11,16 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from rich.console import Console
+from rich.progress import TaskID
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -31,6 +33,9 @@ from . import accounts, events
 from .pagination import MAX_LIMIT, InvalidQuery
 from .replay import EventNotFound, ReplayResult, dry_run, failed_event_ids, replay
 from .samples import SAMPLE_TYPES, sample_event
+
+if TYPE_CHECKING:
+    from ..stripe_api import StripeApi
 
 
 def console() -> Console:
@@ -132,7 +137,7 @@ def _print_account(
         )
     else:
         source = f"the {document['plan']} plan's defaults"
-    summary.add_row("Quota", f"{_quota_text(quota)}  [source: {quota['source']}]")
+    summary.add_row("Quota", f"{_quota_text(quota)}  (source: {quota['source']})")
     summary.add_row("Quota from", source)
     last = document["last_change"]
     summary.add_row(
@@ -153,7 +158,7 @@ def _print_account(
             _when(s["current_period_end"]),
             "yes" if s["cancel_at_period_end"] else "no",
         )
-    out.print(subs)
+    _print_table(out, subs, document["subscriptions"])
 
     inv = Table(title="Invoices", title_justify="left")
     for column in ("id", "status", "due", "paid", "attempts", "next attempt"):
@@ -169,7 +174,7 @@ def _print_account(
             _when(i["next_payment_attempt"]),
             style="red" if i["payment_failed"] else None,
         )
-    out.print(inv)
+    _print_table(out, inv, invoices)
 
     ev = Table(title="Recent events", title_justify="left")
     for column in ("created", "type", "status", "id", "attempts", "last error"):
@@ -184,7 +189,7 @@ def _print_account(
             e["last_error"] or "",
             style="red" if e["status"] in events.FAILED_STATUSES else None,
         )
-    out.print(ev)
+    _print_table(out, ev, recent)
 
     audit = Table(title="Audit trail (newest first)", title_justify="left")
     for column in ("at", "plan", "quota", "source", "cause"):
@@ -197,7 +202,14 @@ def _print_account(
             f"{h['quota_before']['source']} -> {h['quota_after']['source']}",
             _cause_text(h["cause"]),
         )
-    out.print(audit)
+    _print_table(out, audit, history)
+
+
+def _print_table(out: Console, table: Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        out.print(table)
+    else:
+        out.print(f"{table.title}: none")
 
 
 @accounts_group.command("list")
@@ -401,6 +413,81 @@ def _show(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+# -- quota ---------------------------------------------------------------------------
+
+
+quota_group = AppGroup("quota", help="Per-account quota overrides (enterprise deals, incidents).")
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "ops"
+
+
+@quota_group.command("set")
+@click.argument("account_id")
+@click.option("--rpm", type=click.IntRange(1), required=True, help="Requests per minute.")
+@click.option("--monthly", type=click.IntRange(1), required=True, help="Requests per month.")
+@click.option("--reason", help="Why (kept with the override and in the audit trail).")
+@click.option("--by", "set_by", default=_operator, show_default="the current user")
+def quota_set(account_id: str, rpm: int, monthly: int, reason: str | None, set_by: str) -> None:
+    """Override the account's quota; it wins over the plan's defaults until cleared."""
+    from ..billing.accounts import AccountNotFound, InvalidQuota, set_quota_override
+
+    action = f"quota set by {set_by}" + (f": {reason}" if reason else "")
+    try:
+        with transaction(_engine()) as session:
+            before = _state(session, account_id)
+            state = set_quota_override(
+                session, account_id, rpm, monthly, ops_action=action, reason=reason, set_by=set_by
+            )
+    except AccountNotFound:
+        raise click.ClickException(f"No account {account_id!r}") from None
+    except InvalidQuota as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(
+        f"{account_id}: quota {before} -> "
+        f"{state.quota.requests_per_minute:,} req/min · {state.quota.monthly_requests:,} req/month "
+        f"[source: {state.quota.source}] (plan {state.plan})"
+    )
+
+
+@quota_group.command("clear")
+@click.argument("account_id")
+@click.option("--by", "set_by", default=_operator, show_default="the current user")
+def quota_clear(account_id: str, set_by: str) -> None:
+    """Remove the account's override: its plan's defaults apply again."""
+    from ..billing.accounts import AccountNotFound, clear_quota_override
+
+    try:
+        with transaction(_engine()) as session:
+            before = _state(session, account_id)
+            state = clear_quota_override(
+                session, account_id, ops_action=f"quota override cleared by {set_by}"
+            )
+    except AccountNotFound:
+        raise click.ClickException(f"No account {account_id!r}") from None
+    click.echo(
+        f"{account_id}: quota {before} -> "
+        f"{state.quota.requests_per_minute:,} req/min · {state.quota.monthly_requests:,} req/month "
+        f"[source: {state.quota.source}] (plan {state.plan})"
+    )
+
+
+def _state(session: Session, account_id: str) -> str:
+    account = accounts.get_account(session, account_id)
+    if account is None:
+        return "—"
+    return (
+        f"{account.requests_per_minute:,} req/min · {account.monthly_requests:,} req/month "
+        f"[source: {account.quota_source}]"
+    )
+
+
 # -- stripe --------------------------------------------------------------------------
 
 
@@ -470,8 +557,123 @@ def send_test_event(
         sys.exit(1)
 
 
+def _stripe_api(page_size: int) -> StripeApi:
+    from ..stripe_api import StripeApi
+
+    settings = current_app.config["SETTINGS"]
+    if not settings.stripe_api_key:
+        raise click.UsageError("STRIPE_API_KEY is not set: sync and catch-up read the Stripe API")
+    return StripeApi(settings.stripe_api_key, settings.stripe_api_base, page_size=page_size)
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[str], None]]:
+    """A live counter while Stripe's lists are walked (their length is not known upfront)."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} read"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+    tasks: dict[str, TaskID] = {}
+    with progress:
+
+        def advance(kind: str) -> None:
+            if kind not in tasks:
+                tasks[kind] = progress.add_task(f"{description}: {kind}s", total=None)
+            progress.advance(tasks[kind])
+
+        yield advance
+
+
+@stripe_group.command("sync")
+@click.option("--dry-run", is_flag=True, help="Report the drift without fixing it.")
+@click.option(
+    "--page-size", type=click.IntRange(1, 100), default=100, show_default=True, hidden=True
+)
+@with_appcontext
+def stripe_sync(dry_run: bool, page_size: int) -> None:
+    """Backfill and reconcile customers and subscriptions from the Stripe API.
+
+    Reports every difference between Stripe and the database and fixes it through the same
+    code path as the webhooks (unless --dry-run). Backs off when Stripe answers 429.
+    Exits 1 when some objects could not be applied.
+    """
+    from ..stripe_api import StripeApiError
+    from .stripe_sync import sync
+
+    settings = current_app.config["SETTINGS"]
+    api = _stripe_api(page_size)
+    try:
+        with _progress("Syncing from Stripe") as advance:
+            report = sync(
+                _engine(), api, settings.plan_price_map, fix=not dry_run, progress=advance
+            )
+    except StripeApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in report.drift:
+        click.echo(f"drift  {line}")
+    for line in report.unlinked:
+        click.echo(f"unlinked  {line}")
+    for line in report.errors:
+        click.echo(f"error  {line}")
+    fixed = "would fix" if dry_run else "fixed"
+    click.echo(
+        f"Synced {report.customers} customer(s) and {report.subscriptions} subscription(s): "
+        f"{len(report.drift)} drift(s), {fixed} {report.fixed}, "
+        f"{len(report.unlinked)} unlinked, {len(report.errors)} error(s)."
+    )
+    if report.errors:
+        sys.exit(1)
+
+
+@stripe_group.command("catch-up")
+@click.option(
+    "--since",
+    type=int,
+    help="Unix time to fetch events after (default: the newest stored event's).",
+)
+@click.option(
+    "--page-size", type=click.IntRange(1, 100), default=100, show_default=True, hidden=True
+)
+@with_appcontext
+def stripe_catch_up(since: int | None, page_size: int) -> None:
+    """Fetch events missed since the newest stored one (Events API, 30 days) and process them.
+
+    Each goes through the same path as a delivery; events already stored are duplicates.
+    """
+    from ..stripe_api import StripeApiError
+    from .stripe_sync import catch_up, summarize
+
+    api = _stripe_api(page_size)
+    try:
+        with _progress("Catching up") as advance:
+            report = catch_up(_engine(), api, _context(), since=since, progress=advance)
+    except StripeApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    window = (
+        f"since {datetime.fromtimestamp(report.since, UTC).isoformat()}"
+        if report.since is not None
+        else "in the last 30 days"
+    )
+    for line in report.errors:
+        click.echo(f"error  {line}")
+    click.echo(
+        f"Fetched {report.fetched} event(s) {window}: {summarize(sorted(report.outcomes.items()))}."
+    )
+    if report.errors or report.outcomes.get("failed") or report.outcomes.get("dead"):
+        sys.exit(1)
+
+
 def register_commands(group: click.Group) -> None:
     """Add the ops command groups to the `webhooks` CLI."""
     group.add_command(accounts_group)
     group.add_command(events_group)
+    group.add_command(quota_group)
     group.add_command(stripe_group)

@@ -7,7 +7,7 @@ import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, NoAppException, with_appcontext
 
 from . import create_app
 from .config import SettingsError
@@ -17,7 +17,9 @@ def _make_app() -> Flask:
     try:
         return create_app()
     except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+        # NoAppException is a UsageError (exit status 2) that Flask also prints without a
+        # traceback when `--help` loads the app to list its commands.
+        raise NoAppException(str(exc)) from None
 
 
 @click.group(cls=FlaskGroup, create_app=_make_app, add_default_commands=False)

@@ -8,6 +8,7 @@ so a misconfigured deployment fails loudly instead of answering Stripe with 500s
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,13 +39,15 @@ def _parse_int(name: str, raw: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _parse_float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+def _parse_float(name: str, raw: str, *, positive: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    # float() also reads "nan" and "inf", which no duration or threshold means.
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        least = "more than 0" if positive else "at least 0"
+        raise SettingsError(f"{name} must be a finite number {least}, got {raw!r}")
     return value
 
 
@@ -180,7 +183,9 @@ class Settings:
             "HEALTH_OLDEST_WARN_SECONDS": "health_oldest_warn_seconds",
             "HEALTH_LAST_RECEIVED_WARN_SECONDS": "health_last_received_warn_seconds",
         }
+        # A zero timeout would mean "no timeout" to PostgreSQL, or a loop that never waits.
+        positive = {"DATABASE_TIMEOUT", "WORKER_POLL_SECONDS", "HEALTH_DB_TIMEOUT"}
         for name, attr in float_settings.items():
             if (raw := get(name)) is not None:
-                values[attr] = _parse_float(name, raw)
+                values[attr] = _parse_float(name, raw, positive=name in positive)
         return cls(**values)  # type: ignore[arg-type]

@@ -91,7 +91,16 @@ def receive_stripe_event() -> tuple[Response, int]:
             status = receive(session, event, raw_json, context)
     except DataError as exc:
         # PostgreSQL refused the JSON (a \u0000 in a string, NaN): the body is at fault.
-        log.info("stripe.payload.invalid", extra={"event_id": event.id, "reason": str(exc.orig)})
+        # Only the SQLSTATE and the first line: PostgreSQL's full message quotes the JSON.
+        diag = getattr(exc.orig, "diag", None)
+        log.info(
+            "stripe.payload.invalid",
+            extra={
+                "event_id": event.id,
+                "sqlstate": getattr(exc.orig, "sqlstate", None),
+                "reason": getattr(diag, "message_primary", None) or type(exc.orig).__name__,
+            },
+        )
         return error_response(
             "invalid_payload", "The event's JSON cannot be stored (null character or NaN)", 400
         )

@@ -53,7 +53,9 @@ _DUE = """
 _CANDIDATES = text(
     f"""
     SELECT e.id, e.customer_id FROM stripe_events e
-     WHERE ({_DUE}) AND NOT (e.id = ANY(:exclude))
+     WHERE ({_DUE})
+       AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= :as_of)
+       AND NOT (e.id = ANY(:exclude))
      ORDER BY COALESCE(e.next_attempt_at, e.received_at), e.created, e.id
      LIMIT :limit
     """  # noqa: S608  # the interpolated text is the constant _DUE, never input
@@ -126,32 +128,32 @@ class Worker:
     def drain(self) -> DrainResult:
         """Attempt every event due now, once each, then return (`webhooks worker --once`).
 
-        An event this drain already attempted (or saw claimed elsewhere) is not picked
-        again even if it is due again at once (a zero backoff), so a drain always ends.
-        Candidates whose customer is busy are passed over for the rest of the round and
+        Only events due when the drain starts are picked. An attempt that fails again
+        sets a later `next_attempt_at` (by this process's clock, like the cut-off), so
+        even a zero backoff cannot keep a drain going. Candidates whose customer is busy,
+        or whose row another worker holds, are passed over for the rest of the round and
         looked at again after a short pause, once nothing else is left.
         """
         result = DrainResult()
-        settled: list[str] = []
-        busy: list[str] = []
+        as_of = datetime.now(UTC)
+        passed_over: list[str] = []
         while not self.stop.is_set():
-            candidates = self._candidates(settled + busy)
+            candidates = self._candidates(as_of, passed_over)
             if not candidates:
-                if not busy:
+                if not passed_over:
                     break
-                # Only events of customers held by someone else are left: they finish soon.
-                busy.clear()
+                # Only events held by someone else are left: they finish soon, and the
+                # next look finds them settled (or due again, and free).
+                passed_over.clear()
                 self._sleep(BUSY_RETRY_SECONDS)
                 continue
             for event_id, customer_id in candidates:
                 if self.stop.is_set():
                     break
                 outcome, status = self.attempt(event_id, customer_id)
-                if outcome is Attempt.BUSY:
-                    busy.append(event_id)
-                    continue
-                settled.append(event_id)
-                if status is not None:
+                if outcome is not Attempt.DONE:
+                    passed_over.append(event_id)
+                elif status is not None:
                     result.add(status)
         return result
 
@@ -201,9 +203,11 @@ class Worker:
                 _defer_pending(session, event_id, self.context)
             return Attempt.DONE, status
 
-    def _candidates(self, exclude: list[str]) -> list[tuple[str, str | None]]:
+    def _candidates(self, as_of: datetime, exclude: list[str]) -> list[tuple[str, str | None]]:
         with Session(self.engine) as session:
-            rows = session.execute(_CANDIDATES, {"exclude": exclude, "limit": self.batch}).all()
+            rows = session.execute(
+                _CANDIDATES, {"as_of": as_of, "exclude": exclude, "limit": self.batch}
+            ).all()
         return [(row.id, row.customer_id) for row in rows]
 
 

@@ -10,10 +10,12 @@ own failure (an unknown price) is covered in tests/test_worker_billing.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,13 +26,14 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from service.cli import cli
-from service.db import transaction
+from service.db import make_engine, transaction
 from service.stripe_webhooks import handlers
 from service.stripe_webhooks.handlers import Outcome
 from service.stripe_webhooks.processing import ProcessingContext, lock_customer
 from service.stripe_webhooks.worker import Attempt, Worker
 
 from .helpers import TEST_SECRET, make_event, post_event
+from .tcp_proxy import TcpProxy
 
 FLAKY = "test.flaky"
 
@@ -392,3 +395,58 @@ def test_two_engines_see_one_claim(database_url, engine, settings, flaky):
     finally:
         other_engine.dispose()
     assert (first.attempted, second.attempted) == (1, 0)
+
+
+class _Messages(logging.Handler):
+    """Records the dotted keys the worker logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.keys.append(record.getMessage())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["refuse", "blackhole"])
+def test_the_worker_rides_out_a_database_outage(database_url, engine, settings, flaky, outage):
+    """Lost connections fail a poll, not the worker: it logs and carries on afterwards."""
+    flaky.broken = False
+    event = flaky_event()
+    store_event(engine, event, status="failed", next_attempt_at=datetime.now(UTC))
+    proxy = TcpProxy(database_url)
+    quick = settings.replace(database_timeout=1.0, worker_poll_seconds=0.05)
+    proxied = make_engine(proxy.url_for(database_url), quick)
+    messages = _Messages()
+    worker_log = logging.getLogger("service.stripe_webhooks.worker")
+    worker_log.addHandler(messages)
+    worker_log.setLevel(logging.INFO)
+    worker = Worker(proxied, ProcessingContext(settings=quick))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        proxy.set_mode(outage)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while messages.keys.count("stripe.worker.drain_failed") < 2:
+            assert time.monotonic() < deadline, messages.keys
+            time.sleep(0.05)
+        assert event_row(engine, event["id"]).status == "failed"
+
+        proxy.set_mode("forward")
+        proxy.cut_connections()  # the blackholed ones: a restarted server drops them too
+        while event_row(engine, event["id"]).status != "processed":
+            assert time.monotonic() < deadline + 30, messages.keys
+            time.sleep(0.05)
+    finally:
+        worker.stop.set()
+        thread.join(timeout=30)
+        worker_log.removeHandler(messages)
+        worker_log.setLevel(logging.NOTSET)
+        proxied.dispose()
+        proxy.close()
+    assert not thread.is_alive()
+    assert messages.keys[0] == "stripe.worker.started"
+    assert "stripe.worker.attempt" in messages.keys
+    assert messages.keys[-1] == "stripe.worker.stopped"
+    assert event_row(engine, event["id"]).attempts == 2

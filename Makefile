@@ -40,5 +40,9 @@ pytest: install
 bench: install
 	$(BIN)/python -m bench.run
 
+## chaos: kill -9 a worker, restart and partition PostgreSQL, two instances, fuzzing (a few minutes)
+chaos: install
+	$(BIN)/python -m bench.chaos
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from service.config import normalize_database_url
 from service.migrate import upgrade
@@ -43,7 +44,11 @@ def throwaway_database(base_url: str, prefix: str = "webhooks_bench") -> Iterato
     """A fresh database on the server of `base_url`, migrated to head, dropped at the end."""
     server = make_url(base_url)
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    # No pool: a server restarted meanwhile (the chaos suite does that) must not leave a
+    # dead pooled connection behind for the DROP at the end.
+    admin = create_engine(
+        server.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = server.set(database=name).render_as_string(hide_password=False)

@@ -173,6 +173,8 @@ def outputs(checks: Checks) -> list[str]:
 def _count_entry(name: str, count: int, thresholds: Thresholds, time: str) -> Entry:
     status: Status = WARN if count >= thresholds.backlog else PASS
     output = f"{name} events at or above HEALTH_BACKLOG_WARN ({thresholds.backlog})"
+    if count >= thresholds.count_cap:
+        output += f"; counting stopped at {thresholds.count_cap}"
     return _entry(
         "component",
         count,

@@ -126,6 +126,29 @@ def test_pending_events_at_the_threshold_warn(make_app, store_event):
     assert backlog["failed"]["status"] == "pass"
 
 
+def test_counting_stops_at_the_cap_and_says_so(make_app, database_url):
+    from sqlalchemy import create_engine, text
+
+    client = make_app(health_backlog_warn=1).test_client()  # cap: 10,000
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO stripe_events (id, type, created, livemode, payload, status)"
+                " SELECT 'evt_' || g, 'invoice.paid', now(), false, '{}', 'failed'"
+                " FROM generate_series(1, 10050) AS g"
+            )
+        )
+    engine.dispose()
+
+    document = assert_health_response(client.get("/health"))
+
+    failed = _entries(document, "stripe-events:backlog")["failed"]
+    assert failed["observedValue"] == 10_000
+    assert failed["status"] == "warn"
+    assert "counting stopped at 10000" in failed["output"]
+
+
 def test_settled_events_are_not_backlog(make_app, store_event):
     client = make_app(health_backlog_warn=1, health_oldest_warn_seconds=60).test_client()
     for status in ("processed", "ignored", "dead"):

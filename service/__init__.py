@@ -49,12 +49,23 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _stripe_api(settings: Settings) -> StripeApi | None:
-    """The Stripe API client when `STRIPE_API_KEY` is set; without a key nothing calls Stripe."""
+    """The Stripe API client when `STRIPE_API_KEY` is set; without a key nothing calls Stripe.
+
+    Handlers call it inside a webhook's transaction, under the customer's lock, while
+    Stripe waits for the answer: a short budget (about 3 s of backoff, 5 s per request)
+    fails the event instead, and the worker retries it later with the full backoff.
+    """
     from .stripe_api import StripeApi
 
     if not settings.stripe_api_key:
         return None
-    return StripeApi(settings.stripe_api_key, api_base=settings.stripe_api_base)
+    return StripeApi(
+        settings.stripe_api_key,
+        api_base=settings.stripe_api_base,
+        max_retries=2,
+        max_delay=2.0,
+        timeout=5.0,
+    )
 
 
 def _embedded_database_url() -> str:

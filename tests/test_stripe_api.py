@@ -267,3 +267,10 @@ def test_the_app_talks_to_stripe_only_when_an_api_key_is_set(settings, stripe_do
     stripe_double.put(customer(7))
     assert isinstance(api, StripeApi)
     assert api.retrieve_customer("cus_007")["email"] == "c7@example.com"
+
+    # Inside a webhook it gives up after two retries: the worker retries the event later.
+    stripe_double.requests.clear()
+    stripe_double.fail_next(10, 429)
+    with pytest.raises(StripeApiError, match="429"):
+        api.retrieve_customer("cus_007")
+    assert len(stripe_double.requests) == 3

@@ -2,8 +2,9 @@
 
 One account document answers "what plan and quota does this account have, why, and since
 when?": `plan` and `quota` (with `source`: the plan's defaults or an ops override), and
-beside the SPEC's fields `plan_since`, the `override` when there is one, and `last_change`
-(the newest audit entry, naming the Stripe event or ops action behind it).
+beside the SPEC's fields `plan_since`, the `override` when there is one, `plan_change` (the
+audit entry that set the current plan) and `last_change` (the newest audit entry), each
+naming the Stripe event or ops action behind it.
 """
 
 from __future__ import annotations
@@ -197,12 +198,14 @@ def history_document(session: Session, account_id: str) -> dict[str, Any]:
 
 
 def account_document(session: Session, account: Account) -> dict[str, Any]:
-    """The SPEC's account document, plus `plan_since`, `override` and `last_change`."""
+    """The SPEC's account document, plus `plan_since`, `override`, `last_change` (the newest
+    audit entry) and `plan_change` (the entry that set the current plan)."""
     customers = customers_of(session, account.id)
     current = next((c for c in customers if not c.deleted), customers[0] if customers else None)
     override = session.get(QuotaOverride, account.id)
     last = history_of(session, account.id, limit=1)
-    types = event_types_of(session, last)
+    plan_entry = newest_plan_change(session, account.id)
+    types = event_types_of(session, last + ([plan_entry] if plan_entry else []))
     return {
         "account_id": account.id,
         "plan": account.plan,
@@ -230,7 +233,26 @@ def account_document(session: Session, account: Account) -> dict[str, Any]:
         "last_change": (
             {"at": iso(last[0].at), "cause": cause_document(last[0], types)} if last else None
         ),
+        "plan_change": (
+            {
+                "at": iso(plan_entry.at),
+                "plan_before": plan_entry.plan_before,
+                "cause": cause_document(plan_entry, types),
+            }
+            if plan_entry
+            else None
+        ),
     }
+
+
+def newest_plan_change(session: Session, account_id: str) -> AuditEntry | None:
+    """The audit entry that put the account on its current plan (None: never changed)."""
+    return session.scalar(
+        select(AuditEntry)
+        .where(AuditEntry.account_id == account_id, AuditEntry.plan_before != AuditEntry.plan_after)
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+        .limit(1)
+    )
 
 
 @dataclass(frozen=True)

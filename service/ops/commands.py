@@ -130,6 +130,13 @@ def _print_account(
     summary.add_row("Email", document["email"] or "—")
     summary.add_row("Customer", document["stripe_customer_id"] or "not linked")
     summary.add_row("Plan", f"{document['plan']} (since {_when(document['plan_since'])})")
+    plan_change = document["plan_change"]
+    summary.add_row(
+        "Plan set by",
+        f"{_cause_text(plan_change['cause'])}, from {plan_change['plan_before']}"
+        if plan_change
+        else "no change since the account was created",
+    )
     if quota["source"] == "override" and document["override"]:
         override = document["override"]
         source = f"ops override, set by {override['set_by']} at {_when(override['set_at'])}" + (

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -23,7 +24,7 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from ..db import transaction
 from ..stripe_webhooks.models import EVENT_STATUSES
@@ -51,7 +52,7 @@ PAGE_SIZE = 50
 
 
 @bp.before_request
-def require_login() -> Response | None:
+def require_login() -> WerkzeugResponse | None:
     if ops_token() is None:
         abort(404)
     if request.endpoint in _PUBLIC_ENDPOINTS:
@@ -64,7 +65,7 @@ def require_login() -> Response | None:
 
 
 @bp.after_request
-def headers(response: Response) -> Response:
+def headers(response: WerkzeugResponse) -> WerkzeugResponse:
     return add_security_headers(response)
 
 
@@ -100,7 +101,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | str:
+def login() -> WerkzeugResponse | str:
     error = None
     if request.method == "POST":
         token = ops_token()
@@ -119,7 +120,7 @@ def login() -> Response | str:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> WerkzeugResponse:
     from flask import session
 
     session.clear()
@@ -139,7 +140,7 @@ def index() -> str:
 
 
 @bp.get("/search")
-def search() -> Response | str:
+def search() -> WerkzeugResponse | str:
     term = request.args.get("q", "").strip()
     if not term:
         return redirect(url_for("ops_pages.index"))
@@ -158,7 +159,7 @@ def search() -> Response | str:
 
 
 @bp.get("/accounts/<account_id>")
-def account(account_id: str) -> Response | str:
+def account(account_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = accounts.get_account(session, account_id)
         if found is None:
@@ -180,7 +181,7 @@ def account(account_id: str) -> Response | str:
 
 
 @bp.get("/customers/<customer_id>")
-def customer(customer_id: str) -> Response | str:
+def customer(customer_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = accounts.account_for_customer(session, customer_id)
         if found is None:
@@ -194,7 +195,7 @@ def customer(customer_id: str) -> Response | str:
 
 
 @bp.get("/events")
-def event_list() -> Response | str:
+def event_list() -> WerkzeugResponse | str:
     status = request.args.get("status", "failed").strip() or "failed"
     statuses = events.FAILED_STATUSES if status == "failed" else None
     try:
@@ -220,7 +221,7 @@ def event_list() -> Response | str:
 
 
 @bp.get("/events/<event_id>")
-def event(event_id: str) -> Response | str:
+def event(event_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = events.get_event(session, event_id)
         if found is None:
@@ -234,7 +235,7 @@ def event(event_id: str) -> Response | str:
 
 
 @bp.post("/events/<event_id>/replay")
-def replay_event(event_id: str) -> Response:
+def replay_event(event_id: str) -> WerkzeugResponse:
     context: ProcessingContext = current_app.extensions["processing_context"]
     try:
         with transaction(_engine()) as session:

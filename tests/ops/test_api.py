@@ -113,6 +113,12 @@ def test_account_with_an_override_names_it_as_the_source(client, auth, seed_acco
     assert document["override"]["set_by"] == "alice"
     assert document["override"]["reason"] == "enterprise deal"
     assert document["last_change"]["cause"] == {"ops_action": "quota set by alice: enterprise deal"}
+    # The plan itself still comes from the Stripe event that upgraded the account.
+    assert document["plan_change"] == {
+        "at": "2026-11-02T12:00:00+00:00",
+        "plan_before": "free",
+        "cause": {"event_id": "evt_acct_1_upgrade"},
+    }
 
 
 def test_customer_document_is_the_linked_accounts(client, auth, seed_account):

@@ -38,6 +38,7 @@ def test_accounts_show_answers_plan_quota_source_and_why(runner, seed_account):
     assert "pro (since 2026-11-02 12:00:00)" in out
     assert "30 req/min · 10,000 req/month  (source: plan)" in out
     assert "the pro plan's defaults" in out
+    assert "Plan set by  Stripe event evt_acct_1_upgrade, from free" in out
     assert "2026-11-02 12:00:00 by Stripe event evt_acct_1_upgrade" in out
     assert "sub_acct_1" in out
     assert "open PAYMENT FAILED" in out

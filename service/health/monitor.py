@@ -152,6 +152,7 @@ class HealthMonitor:
         self._abandoned: threading.Thread | None = None
         self._abandoned_at = 0.0
         self._last_status: Status | None = None
+        self._last_failure: tuple[str, str] | None = None
 
     def report(self) -> Report:
         """The shared result when it is fresh, else the result of one new (or running) check."""
@@ -199,8 +200,10 @@ class HealthMonitor:
         if not attempt.done.wait(self.time_box):
             attempt.abandon()
             self._abandoned, self._abandoned_at = thread, time.monotonic()
+            self._log_failure(TIMED_OUT, "timeout")
             return self._failed(TIMED_OUT, (time.perf_counter() - started) * 1000)
         if attempt.readings is not None:
+            self._last_failure = None
             at = datetime.now(UTC)
             entries = checks.passing_checks(attempt.readings, self.thresholds, at)
             return Report(checks.overall(entries), entries, at)
@@ -208,10 +211,7 @@ class HealthMonitor:
         # the check failing, which the log names by type for whoever is on call.
         unreachable = OperationalError | InterfaceError | OSError
         output = UNAVAILABLE if isinstance(attempt.error, unreachable) else ERROR
-        log.warning(
-            "health.database.failed",
-            extra={"error_type": type(attempt.error).__name__, "reason": output},
-        )
+        self._log_failure(output, type(attempt.error).__name__)
         return self._failed(output, (time.perf_counter() - started) * 1000)
 
     def _run(self, attempt: _Attempt) -> None:
@@ -241,6 +241,13 @@ class HealthMonitor:
     def _failed(self, output: str, elapsed_ms: float) -> Report:
         at = datetime.now(UTC)
         return Report(checks.FAIL, checks.failing_checks(output, elapsed_ms, at), at)
+
+    def _log_failure(self, reason: str, error_type: str) -> None:
+        """Log why the check failed, once per kind of failure rather than once per check."""
+        if self._last_failure == (reason, error_type):
+            return
+        self._last_failure = (reason, error_type)
+        log.warning("health.database.failed", extra={"reason": reason, "error_type": error_type})
 
     def _log_transition(self, report: Report) -> None:
         if report.status == self._last_status:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from .accounts import Cause, ensure_account, recompute_account
 from .ordering import invoice_precedence, subscription_precedence
-from .plans import load_catalogue, plan_for_prices
+from .plans import grants_access, load_catalogue, plan_for_prices
 from .snapshots import (
     SubscriptionSnapshot,
     parse_checkout_session,
@@ -193,23 +193,15 @@ def apply_checkout_session(session: Session, checkout: dict[str, Any]) -> Snapsh
     )
 
 
-def _resolve_account(
-    session: Session, customer_id: str, hint: str | None
-) -> tuple[str | None, str | None]:
-    """(account id, customer id newly linked) from the customer's link, else the hint."""
-    account_id = customer_account(session, customer_id)
-    if account_id is not None or hint is None:
-        return account_id, None
-    link = link_customer(session, customer_id, hint)
-    return link.account_id, customer_id if link.created else None
-
-
 # --- subscriptions ---------------------------------------------------------------------
 
-# One round trip: the stored row before (locked) and the ordered upsert.
+# One round trip: the customer's account, the stored row before (locked) and the ordered
+# upsert. Nothing is written while the customer is unlinked (`account_id` comes back NULL).
 _UPSERT_SUBSCRIPTION = text(
     """
-    WITH old AS (
+    WITH link AS (
+        SELECT account_id FROM stripe_customers WHERE id = :customer_id
+    ), old AS (
         SELECT account_id, status, plan, deleted, applied_event_created, applied_event_id
           FROM subscriptions WHERE id = :id FOR UPDATE
     ), up AS (
@@ -218,10 +210,17 @@ _UPSERT_SUBSCRIPTION = text(
                 current_period_start, current_period_end, cancel_at_period_end, cancel_at,
                 canceled_at, ended_at, trial_start, trial_end, deleted,
                 status_precedence, snapshot_digest, applied_event_id, applied_event_created)
-        VALUES (:id, :customer_id, :account_id, :status, :price_id, :plan,
-                :current_period_start, :current_period_end, :cancel_at_period_end, :cancel_at,
-                :canceled_at, :ended_at, :trial_start, :trial_end, :deleted,
-                :status_precedence, :snapshot_digest, :event_id, :created)
+        SELECT CAST(:id AS text), CAST(:customer_id AS text), link.account_id,
+               CAST(:status AS text), CAST(:price_id AS text), CAST(:plan AS text),
+               CAST(:current_period_start AS timestamptz),
+               CAST(:current_period_end AS timestamptz),
+               CAST(:cancel_at_period_end AS boolean), CAST(:cancel_at AS timestamptz),
+               CAST(:canceled_at AS timestamptz), CAST(:ended_at AS timestamptz),
+               CAST(:trial_start AS timestamptz), CAST(:trial_end AS timestamptz),
+               CAST(:deleted AS boolean), CAST(:status_precedence AS smallint),
+               CAST(:snapshot_digest AS text), CAST(:event_id AS text),
+               CAST(:created AS timestamptz)
+          FROM link
         ON CONFLICT (id) DO UPDATE
            SET customer_id = EXCLUDED.customer_id, account_id = EXCLUDED.account_id,
                status = EXCLUDED.status, price_id = EXCLUDED.price_id, plan = EXCLUDED.plan,
@@ -243,7 +242,11 @@ _UPSERT_SUBSCRIPTION = text(
                 s.snapshot_digest, coalesce(s.applied_event_id, ''))
         RETURNING s.id
     )
-    SELECT EXISTS (SELECT 1 FROM up) AS applied, old.*
+    SELECT (SELECT account_id FROM link) AS account_id,
+           EXISTS (SELECT 1 FROM up) AS applied,
+           old.account_id AS old_account_id, old.status AS old_status, old.plan AS old_plan,
+           old.deleted AS old_deleted, old.applied_event_created AS old_created,
+           old.applied_event_id AS old_event_id
       FROM (SELECT 1) AS one LEFT JOIN old ON true
     """
 )
@@ -253,7 +256,6 @@ def _upsert_subscription(
     session: Session,
     snap: SubscriptionSnapshot,
     *,
-    account_id: str,
     plan: str,
     price_id: str | None,
     deleted: bool,
@@ -266,7 +268,6 @@ def _upsert_subscription(
         {
             "id": snap.id,
             "customer_id": snap.customer_id,
-            "account_id": account_id,
             "status": snap.status,
             "price_id": price_id,
             "plan": plan,
@@ -310,43 +311,43 @@ def apply_subscription_snapshot(
     snap = parse_subscription(subscription)
     catalogue = load_catalogue(session)
     plan, price_id = plan_for_prices(snap.prices, plan_price_map, catalogue)
-    account_id, linked = _resolve_account(session, snap.customer_id, snap.account_id_hint)
-    if account_id is None:
-        return SnapshotResult(None, applied=False)
     deleted = snap.ended(deleted_event)
-    row = _upsert_subscription(
-        session,
-        snap,
-        account_id=account_id,
-        plan=plan,
-        price_id=price_id,
-        deleted=deleted,
-        created=created,
-        cause=cause,
-        force=False,
-    )
+
+    def upsert(
+        snapshot: SubscriptionSnapshot, plan: str, price: str | None, gone: bool, force: bool
+    ) -> Any:
+        return _upsert_subscription(
+            session,
+            snapshot,
+            plan=plan,
+            price_id=price,
+            deleted=gone,
+            created=created,
+            cause=cause,
+            force=force,
+        )
+
+    row = upsert(snap, plan, price_id, deleted, False)
+    linked = None
+    if row.account_id is None:
+        if snap.account_id_hint is None:
+            return SnapshotResult(None, applied=False)
+        link = link_customer(session, snap.customer_id, snap.account_id_hint)
+        linked = snap.customer_id if link.created else None
+        row = upsert(snap, plan, price_id, deleted, False)
+    account_id: str = row.account_id
     applied = bool(row.applied)
     final = (snap.status, plan, deleted)
     tie = (
-        row.applied_event_created is not None
-        and int(row.applied_event_created.timestamp()) == created
-        and row.applied_event_id != cause.event_id
+        row.old_created is not None
+        and int(row.old_created.timestamp()) == created
+        and row.old_event_id != cause.event_id
     )
     if tie and stripe_api is not None:
         fetched = parse_subscription(stripe_api.retrieve_subscription(snap.id))
         fetched_plan, fetched_price = plan_for_prices(fetched.prices, plan_price_map, catalogue)
         fetched_deleted = fetched.ended() or deleted
-        refetched = _upsert_subscription(
-            session,
-            fetched,
-            account_id=account_id,
-            plan=fetched_plan,
-            price_id=fetched_price,
-            deleted=fetched_deleted,
-            created=created,
-            cause=cause,
-            force=True,
-        )
+        refetched = upsert(fetched, fetched_plan, fetched_price, fetched_deleted, True)
         log.info(
             "billing.subscription.refetched",
             extra={
@@ -364,27 +365,44 @@ def apply_subscription_snapshot(
             extra={"subscription_id": snap.id, "event_id": cause.event_id},
         )
         return SnapshotResult(account_id, applied=False, linked_customer_id=linked)
-    before = None if row.status is None else (row.status, row.plan, row.deleted)
-    if before != final or row.account_id != account_id:
+    # The account's plan depends only on what each subscription grants, so a change that
+    # grants the same (active -> past_due, a new period) needs no recompute.
+    before = (
+        None if row.old_status is None else _grants(row.old_status, row.old_plan, row.old_deleted)
+    )
+    if before != _grants(*final) or row.old_account_id != account_id:
         recompute_account(session, account_id, cause)
-        if row.account_id is not None and row.account_id != account_id:
-            recompute_account(session, row.account_id, cause)
+        if row.old_account_id is not None and row.old_account_id != account_id:
+            recompute_account(session, row.old_account_id, cause)
     return SnapshotResult(account_id, applied=True, linked_customer_id=linked)
+
+
+def _grants(status: str, plan: str, deleted: bool) -> str | None:
+    """The plan a subscription in this state grants its account, if any."""
+    return plan if grants_access(status, deleted) else None
 
 
 # --- invoices --------------------------------------------------------------------------
 
 _UPSERT_INVOICE = text(
     """
+    WITH link AS (
+        SELECT account_id FROM stripe_customers WHERE id = :customer_id
+    ), up AS (
     INSERT INTO invoices AS i
            (id, customer_id, account_id, subscription_id, status, amount_due, amount_paid,
             amount_remaining, currency, attempt_count, next_payment_attempt,
             hosted_invoice_url, billing_reason, status_precedence, snapshot_digest,
             applied_event_id, applied_event_created)
-    VALUES (:id, :customer_id, :account_id, :subscription_id, :status, :amount_due,
-            :amount_paid, :amount_remaining, :currency, :attempt_count, :next_payment_attempt,
-            :hosted_invoice_url, :billing_reason, :status_precedence, :snapshot_digest,
-            :event_id, :created)
+    SELECT CAST(:id AS text), CAST(:customer_id AS text), link.account_id,
+           CAST(:subscription_id AS text), CAST(:status AS text), CAST(:amount_due AS bigint),
+           CAST(:amount_paid AS bigint), CAST(:amount_remaining AS bigint),
+           CAST(:currency AS text), CAST(:attempt_count AS integer),
+           CAST(:next_payment_attempt AS timestamptz), CAST(:hosted_invoice_url AS text),
+           CAST(:billing_reason AS text), CAST(:status_precedence AS smallint),
+           CAST(:snapshot_digest AS text), CAST(:event_id AS text),
+           CAST(:created AS timestamptz)
+      FROM link
     ON CONFLICT (id) DO UPDATE
        SET customer_id = EXCLUDED.customer_id, account_id = EXCLUDED.account_id,
            subscription_id = coalesce(EXCLUDED.subscription_id, i.subscription_id),
@@ -404,6 +422,8 @@ _UPSERT_INVOICE = text(
          > (i.status_precedence, i.applied_event_created, i.snapshot_digest,
             coalesce(i.applied_event_id, ''))
     RETURNING i.id
+    )
+    SELECT (SELECT account_id FROM link) AS account_id, EXISTS (SELECT 1 FROM up) AS applied
     """
 )
 
@@ -418,29 +438,30 @@ def apply_invoice_snapshot(
     changes (`past_due`, `active`), which `apply_subscription_snapshot` handles.
     """
     snap = parse_invoice(invoice)
-    account_id, linked = _resolve_account(session, snap.customer_id, snap.account_id_hint)
-    if account_id is None:
-        return SnapshotResult(None, applied=False)
-    applied = session.execute(
-        _UPSERT_INVOICE,
-        {
-            "id": snap.id,
-            "customer_id": snap.customer_id,
-            "account_id": account_id,
-            "subscription_id": snap.subscription_id,
-            "status": snap.status,
-            "amount_due": snap.amount_due,
-            "amount_paid": snap.amount_paid,
-            "amount_remaining": snap.amount_remaining,
-            "currency": snap.currency,
-            "attempt_count": snap.attempt_count,
-            "next_payment_attempt": _ts(snap.next_payment_attempt),
-            "hosted_invoice_url": snap.hosted_invoice_url,
-            "billing_reason": snap.billing_reason,
-            "status_precedence": invoice_precedence(snap.status),
-            "snapshot_digest": snap.digest,
-            "event_id": cause.event_id,
-            "created": _ts(created),
-        },
-    ).first()
-    return SnapshotResult(account_id, applied=applied is not None, linked_customer_id=linked)
+    params = {
+        "id": snap.id,
+        "customer_id": snap.customer_id,
+        "subscription_id": snap.subscription_id,
+        "status": snap.status,
+        "amount_due": snap.amount_due,
+        "amount_paid": snap.amount_paid,
+        "amount_remaining": snap.amount_remaining,
+        "currency": snap.currency,
+        "attempt_count": snap.attempt_count,
+        "next_payment_attempt": _ts(snap.next_payment_attempt),
+        "hosted_invoice_url": snap.hosted_invoice_url,
+        "billing_reason": snap.billing_reason,
+        "status_precedence": invoice_precedence(snap.status),
+        "snapshot_digest": snap.digest,
+        "event_id": cause.event_id,
+        "created": _ts(created),
+    }
+    row: Any = session.execute(_UPSERT_INVOICE, params).one()
+    linked = None
+    if row.account_id is None:
+        if snap.account_id_hint is None:
+            return SnapshotResult(None, applied=False)
+        link = link_customer(session, snap.customer_id, snap.account_id_hint)
+        linked = snap.customer_id if link.created else None
+        row = session.execute(_UPSERT_INVOICE, params).one()
+    return SnapshotResult(row.account_id, applied=bool(row.applied), linked_customer_id=linked)

@@ -16,10 +16,12 @@ accesslog = None
 # Prometheus: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and /metrics
 # adds them up, so a scrape sees the whole service rather than whichever worker answered.
 # It must be set before prometheus_client is first imported, which happens in the workers.
+_created_metrics_dir: str | None = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     import tempfile
 
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhooks-prometheus-")
+    _created_metrics_dir = tempfile.mkdtemp(prefix="webhooks-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
 
 def on_starting(server: object) -> None:
@@ -38,3 +40,11 @@ def child_exit(server: object, worker: object) -> None:
 
     # prometheus_client's multiprocess helpers are untyped; gunicorn passes its Worker.
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics directory this configuration created (not one it was given)."""
+    if _created_metrics_dir is not None:
+        import shutil
+
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from .auth import derive_secret_key
 
 
 def register_ops(app: Flask) -> None:
-    """Mount `/ops` and `/ops/api`, and make the page's session cookie safe."""
+    """Mount `/ops` and `/ops/api`, make the page's session cookie safe, add the CLI groups."""
     from . import api, pages
     from .session import OpsSessionInterface
 
@@ -34,3 +34,7 @@ def register_ops(app: Flask) -> None:
     )
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    # The same commands under `flask --app service ...` as under `webhooks ...`.
+    from .commands import register_commands
+
+    register_commands(app.cli)

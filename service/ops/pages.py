@@ -24,9 +24,11 @@ from flask import (
     request,
     url_for,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from ..db import transaction
+from ..errors import error_response
 from ..stripe_webhooks.models import EVENT_STATUSES
 from ..stripe_webhooks.processing import ProcessingContext
 from . import accounts, events
@@ -67,6 +69,12 @@ def require_login() -> WerkzeugResponse | None:
 @bp.after_request
 def headers(response: WerkzeugResponse) -> WerkzeugResponse:
     return add_security_headers(response)
+
+
+@bp.errorhandler(SQLAlchemyError)
+def database_unavailable(exc: SQLAlchemyError) -> tuple[Response, int]:
+    log.error("ops.page.database_failed", extra={"error": type(exc).__name__})
+    return error_response("database_unavailable", "The database did not answer; retry later", 503)
 
 
 @bp.app_template_global()

@@ -307,3 +307,20 @@ def test_api_responses_carry_security_headers(client, auth):
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_a_database_that_does_not_answer_is_503_not_500(settings, auth):
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"
+    app = create_app(settings.replace(database_url=unreachable, database_timeout=1.0))
+    try:
+        client = app.test_client()
+        for path in ("/ops/api/accounts/acct_1", "/ops/api/events"):
+            response = client.get(path, headers=auth)
+            assert response.status_code == 503
+            assert response.get_json()["error"] == "database_unavailable"
+            assert response.headers["Retry-After"] == "5"
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert "stripe_events_backlog_scrape_ok 0.0" in metrics.get_data(as_text=True)
+    finally:
+        app.extensions["engine"].dispose()

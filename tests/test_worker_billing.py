@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,25 @@ def make_all_due(engine) -> None:
                 " WHERE status = 'failed'"
             )
         )
+
+
+def wait_for_lock_waiters(engine, count: int, processes: list) -> None:
+    """Wait until `count` sessions of the service are blocked on a lock."""
+    deadline = time.monotonic() + 120
+    while True:
+        with engine.connect() as c:
+            waiting = c.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'billing-webhooks' AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting >= count:
+            return
+        for process in processes:
+            assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{waiting} of {count} workers reached the gate"
+        time.sleep(0.05)
 
 
 def subscription_event(event_id: str, created: int, **kwargs) -> dict:
@@ -142,17 +162,26 @@ def test_two_worker_commands_apply_a_failed_backlog_exactly_once(client, engine,
         "STRIPE_WEBHOOK_SECRET": TEST_SECRET,
         "PLAN_PRICE_MAP": f"{so.UNMAPPED['id']}=pro",
         "LOG_LEVEL": "WARNING",
+        # Waiting at the start gate below must not trip the statement or lock timeout.
+        "DATABASE_TIMEOUT": "60",
     }
-    workers = [
-        subprocess.Popen(
-            [WEBHOOKS, "worker", "--once", "--batch", "20"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    # Start gate: while this transaction holds the table, both workers' first query
+    # waits; releasing it once both wait makes their drains overlap however slowly
+    # each process started.
+    with engine.connect() as gate:
+        gate.execute(text("LOCK TABLE stripe_events IN EXCLUSIVE MODE"))
+        workers = [
+            subprocess.Popen(
+                [WEBHOOKS, "worker", "--once", "--batch", "20"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        wait_for_lock_waiters(engine, 2, workers)
+        gate.rollback()
     outputs = [w.communicate(timeout=180) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 

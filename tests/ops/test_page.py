@@ -222,3 +222,13 @@ def test_an_ops_engineer_logs_in_finds_an_account_and_replays_a_failed_event(
     page.goto(f"{live_server}/ops/events/{failing_event}")
     assert "processed" in page.locator("dl.grid").inner_text()
     page.screenshot(path=str(ARTIFACTS / "07-event.png"), full_page=True)
+
+    page.click("text=Billing ops")
+    assert (
+        "No failed events." in page.locator("section", has_text="Newest failed events").inner_text()
+    )
+    page.screenshot(path=str(ARTIFACTS / "08-overview.png"), full_page=True)
+    page.click("text=Log out")
+    assert "/ops/login" in page.url
+    page.goto(f"{live_server}/ops/accounts/acct_1")
+    assert "/ops/login" in page.url

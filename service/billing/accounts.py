@@ -66,17 +66,25 @@ _ENSURE_ACCOUNT = text(
     """
 )
 
-# One round trip: the account (locked, so concurrent recomputes of one account queue up),
-# its override and every subscription's (status, plan, deleted).
-_READ_FOR_RECOMPUTE = text(
+# The account row, locked so concurrent recomputes of one account queue up. A separate
+# statement from the evidence below on purpose: under READ COMMITTED a statement that had
+# to wait for the lock still reads other tables as of its start, so the evidence must be
+# read by a statement that starts once the lock is held.
+_LOCK_ACCOUNT = text(
     """
-    SELECT a.plan, a.requests_per_minute, a.monthly_requests, a.quota_source,
-           o.requests_per_minute AS override_rpm, o.monthly_requests AS override_monthly,
+    SELECT plan, requests_per_minute, monthly_requests, quota_source
+      FROM accounts WHERE id = :account_id
+       FOR UPDATE
+    """
+)
+# The evidence: the override and every subscription's (status, plan, deleted).
+_READ_EVIDENCE = text(
+    """
+    SELECT o.requests_per_minute AS override_rpm, o.monthly_requests AS override_monthly,
            (SELECT coalesce(json_agg(json_build_array(s.status, s.plan, s.deleted)), '[]')
-              FROM subscriptions s WHERE s.account_id = a.id) AS subscriptions
-      FROM accounts a LEFT JOIN quota_overrides o ON o.account_id = a.id
-     WHERE a.id = :account_id
-       FOR UPDATE OF a
+              FROM subscriptions s WHERE s.account_id = :account_id) AS subscriptions
+      FROM (SELECT 1) AS one
+      LEFT JOIN quota_overrides o ON o.account_id = :account_id
     """
 )
 
@@ -125,15 +133,20 @@ def recompute_account(session: Session, account_id: str, cause: Cause) -> Accoun
     plan, the quota or its source changed. Locks the account row until the transaction
     ends. Raises `AccountNotFound`.
     """
-    row: Any = session.execute(_READ_FOR_RECOMPUTE, {"account_id": account_id}).first()
+    row: Any = session.execute(_LOCK_ACCOUNT, {"account_id": account_id}).first()
     if row is None:
         raise AccountNotFound(f"No account {account_id!r}")
+    evidence: Any = session.execute(_READ_EVIDENCE, {"account_id": account_id}).one()
     catalogue = load_catalogue(session)
     plan = effective_plan(
-        ((status, plan, bool(deleted)) for status, plan, deleted in row.subscriptions),
+        ((status, plan, bool(deleted)) for status, plan, deleted in evidence.subscriptions),
         catalogue,
     )
-    override = (row.override_rpm, row.override_monthly) if row.override_rpm is not None else None
+    override = (
+        (evidence.override_rpm, evidence.override_monthly)
+        if evidence.override_rpm is not None
+        else None
+    )
     quota = effective_quota(catalogue[plan], override)
     state = AccountState(plan, quota)
     current = AccountState(
@@ -156,10 +169,7 @@ def recompute_account(session: Session, account_id: str, cause: Cause) -> Accoun
 
 
 def _lock_account(session: Session, account_id: str) -> None:
-    found = session.execute(
-        text("SELECT 1 FROM accounts WHERE id = :account_id FOR UPDATE"),
-        {"account_id": account_id},
-    ).first()
+    found = session.execute(_LOCK_ACCOUNT, {"account_id": account_id}).first()
     if found is None:
         raise AccountNotFound(f"No account {account_id!r}")
 

@@ -450,3 +450,32 @@ def test_the_worker_rides_out_a_database_outage(database_url, engine, settings, 
     assert "stripe.worker.attempt" in messages.keys
     assert messages.keys[-1] == "stripe.worker.stopped"
     assert event_row(engine, event["id"]).attempts == 2
+
+
+def test_an_event_that_times_out_in_the_database_fails_without_stopping_the_drain(
+    engine, worker, flaky, monkeypatch
+):
+    """A statement timeout rolls the attempt back; it is recorded as a failed attempt
+    (backoff, then dead) and the events behind it are still applied."""
+
+    def slow(session: Session, event: Any, context: ProcessingContext) -> Outcome:
+        session.execute(text("SET LOCAL statement_timeout = '50ms'"))
+        session.execute(text("SELECT pg_sleep(2)"))
+        return Outcome("processed")
+
+    monkeypatch.setitem(handlers.HANDLERS, "test.slow", slow)
+    flaky.broken = False
+    now = datetime.now(UTC)
+    stuck = make_event("test.slow", {"object": "thing", "id": "t", "customer": "cus_slow"})
+    store_event(engine, stuck, status="failed", next_attempt_at=now - timedelta(minutes=5))
+    behind = flaky_event(customer="cus_other")
+    store_event(engine, behind, status="failed", next_attempt_at=now - timedelta(minutes=1))
+
+    result = worker.drain()
+
+    assert result.statuses == {"failed": 1, "processed": 1}
+    row = event_row(engine, stuck["id"])
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert "QueryCanceled" in row.last_error
+    assert row.next_attempt_at > datetime.now(UTC)
+    assert event_row(engine, behind["id"]).status == "processed"

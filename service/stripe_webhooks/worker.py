@@ -29,13 +29,16 @@ from enum import Enum
 from typing import Final
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..db import transaction
 from . import models
+from .handlers import Outcome
 from .payload import PayloadError, event_from_payload
 from .processing import MAX_BACKOFF, ProcessingContext, apply
+# The same recording (attempts, backoff, dead) as every other attempt: one formula.
+from .processing import _record_outcome as record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +181,22 @@ class Worker:
         log.info("stripe.worker.stopped")
 
     def attempt(self, event_id: str, customer_id: str | None) -> tuple[Attempt, str | None]:
-        """Claim one candidate and apply it in its own transaction."""
+        """Claim one candidate and apply it in its own transaction.
+
+        A statement of the attempt that fails in the database (a statement or lock
+        timeout) rolls the attempt back; it is then recorded as a failed attempt, with
+        backoff and `dead` as for a handler error, so one such event can neither stop
+        the drain of the events behind it nor be retried silently forever. A lost
+        connection is the database's trouble, not the event's, and propagates.
+        """
+        try:
+            return self._apply(event_id, customer_id)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            return self._record_error(event_id, customer_id, exc)
+
+    def _apply(self, event_id: str, customer_id: str | None) -> tuple[Attempt, str | None]:
         with transaction(self.engine) as session:
             if customer_id and not _try_lock_customer(session, customer_id):
                 return Attempt.BUSY, None
@@ -201,6 +219,22 @@ class Worker:
             status = apply(session, event, self.context)
             if status == models.PENDING:
                 _defer_pending(session, event_id, self.context)
+            return Attempt.DONE, status
+
+    def _record_error(
+        self, event_id: str, customer_id: str | None, exc: DBAPIError
+    ) -> tuple[Attempt, str | None]:
+        error = f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"
+        with transaction(self.engine) as session:
+            if customer_id and not _try_lock_customer(session, customer_id):
+                return Attempt.BUSY, None
+            row = session.execute(_CLAIM, {"id": event_id}).first()
+            if row is None:
+                return Attempt.GONE, None
+            event = event_from_payload(row.payload)
+            status = record_outcome(
+                session, event, Outcome(models.FAILED), error, self.context.settings
+            )
             return Attempt.DONE, status
 
     def _candidates(self, as_of: datetime, exclude: list[str]) -> list[tuple[str, str | None]]:

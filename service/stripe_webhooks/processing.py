@@ -31,13 +31,22 @@ DUPLICATE = "duplicate"
 # Longest wait between two retries of a failed event, whatever the attempt count.
 MAX_BACKOFF = timedelta(hours=6)
 
+# Takes the customer's advisory lock (a no-op without a customer: the function is strict)
+# and stores the event in one round trip. The lock is taken before the row is inserted,
+# so the lock order of the module docstring holds. The row records the outcome expected
+# (`processed`, or `ignored` for a type without handler), counted as attempt 1, so the
+# common case needs no second write; `apply` corrects it when the handler says otherwise.
 _INSERT_EVENT = text(
     """
-    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, customer_id)
-    VALUES (:id, :type, to_timestamp(:created), :livemode, :api_version,
-            CAST(:payload AS jsonb), :customer_id)
+    WITH customer_lock AS (SELECT pg_advisory_xact_lock(hashtextextended(:lock_key, 0)))
+    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, customer_id,
+                               status, attempts, last_error, processed_at, account_id)
+    SELECT :id, :type, to_timestamp(:created), :livemode, :api_version,
+           CAST(:payload AS jsonb), :customer_id, :status, 1, :last_error, now(),
+           (SELECT account_id FROM stripe_customers WHERE id = :customer_id)
+      FROM customer_lock
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING account_id
     """
 )
 _LOCK_EXISTING = text("SELECT status FROM stripe_events WHERE id = :id FOR UPDATE")
@@ -45,9 +54,10 @@ _LOCK_CUSTOMER = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 _RECORD_OUTCOME = text(
     """
     UPDATE stripe_events
-       SET status = :status, attempts = attempts + 1, last_error = :last_error,
+       SET status = :status, attempts = attempts + :increment, last_error = :last_error,
            next_attempt_at = :next_attempt_at, account_id = COALESCE(:account_id, account_id),
            processed_at = CASE WHEN :status IN ('processed', 'ignored') THEN now()
+                               WHEN :increment = 0 THEN NULL  -- stored as processed just now
                                ELSE processed_at END
      WHERE id = :id
     RETURNING attempts
@@ -83,17 +93,21 @@ def receive(session: Session, event: Event, raw_json: str, context: ProcessingCo
     A redelivery of an event already settled answers `duplicate`; one stored but not yet
     applied (pending, failed, dead) gets another attempt.
     """
-    lock_customer(session, event.customer_id)
+    customer_id = event.customer_id
+    expected = _expected_outcome(event, context)
     inserted = session.execute(
         _INSERT_EVENT,
         {
+            "lock_key": f"stripe-customer:{customer_id}" if customer_id else None,
             "id": event.id,
             "type": event.type,
             "created": event.created,
             "livemode": event.livemode,
             "api_version": event.api_version,
             "payload": raw_json,
-            "customer_id": event.customer_id,
+            "customer_id": customer_id,
+            "status": expected[0],
+            "last_error": expected[1],
         },
     ).first()
     if inserted is None:
@@ -104,23 +118,41 @@ def receive(session: Session, event: Event, raw_json: str, context: ProcessingCo
                 extra={"event_id": event.id, "event_type": event.type, "status": status},
             )
             return DUPLICATE
-    return apply(session, event, context)
+        return apply(session, event, context)
+    return apply(session, event, context, recorded=(expected[0], inserted.account_id))
 
 
-def apply(session: Session, event: Event, context: ProcessingContext) -> str:
+def _expected_outcome(event: Event, context: ProcessingContext) -> tuple[str, str | None]:
+    """The status (and error) an event gets unless its handler says otherwise."""
+    wanted_mode = context.settings.livemode
+    if wanted_mode is not None and event.livemode != wanted_mode:
+        return models.IGNORED, (
+            f"livemode={str(event.livemode).lower()} does not match STRIPE_LIVEMODE"
+        )
+    if event.type not in HANDLERS:
+        return models.IGNORED, None
+    return models.PROCESSED, None
+
+
+def apply(
+    session: Session,
+    event: Event,
+    context: ProcessingContext,
+    *,
+    recorded: tuple[str, str | None] | None = None,
+) -> str:
     """Apply a stored (and locked) event through its handler and record the outcome.
 
     A handler error fails only this event: its changes are rolled back to a savepoint and
     the event is kept as `failed` for the worker to retry, or `dead` after the last
     attempt. Losing the database is not the event's fault and propagates to the caller.
+    `recorded` is the (status, account id) the row already holds for this attempt, when
+    `receive` stored it with the expected outcome: the row is only written again when the
+    outcome differs.
     """
-    wanted_mode = context.settings.livemode
+    status, error = _expected_outcome(event, context)
     handler = HANDLERS.get(event.type)
-    error: str | None = None
-    if wanted_mode is not None and event.livemode != wanted_mode:
-        outcome = Outcome(models.IGNORED)
-        error = f"livemode={str(event.livemode).lower()} does not match STRIPE_LIVEMODE"
-    elif handler is None:
+    if status == models.IGNORED or handler is None:
         outcome = Outcome(models.IGNORED)
     else:
         try:
@@ -131,7 +163,17 @@ def apply(session: Session, event: Event, context: ProcessingContext) -> str:
         except Exception as exc:
             outcome = Outcome(models.FAILED)
             error = f"{type(exc).__name__}: {exc}"
-    status = _record_outcome(session, event, outcome, error, context.settings)
+    if (
+        recorded is not None
+        and outcome.status == recorded[0]
+        and outcome.account_id in (None, recorded[1])
+    ):
+        status = outcome.status
+        _log_outcome(event, status, outcome.account_id or recorded[1], error)
+    else:
+        status = _record_outcome(
+            session, event, outcome, error, context.settings, counted=recorded is not None
+        )
     if outcome.linked_customer_id:
         apply_waiting_events(session, outcome.linked_customer_id, context)
     return status
@@ -145,20 +187,32 @@ def apply_waiting_events(session: Session, customer_id: str, context: Processing
 
 
 def _record_outcome(
-    session: Session, event: Event, outcome: Outcome, error: str | None, settings: Settings
+    session: Session,
+    event: Event,
+    outcome: Outcome,
+    error: str | None,
+    settings: Settings,
+    *,
+    counted: bool = False,
 ) -> str:
+    """Write the outcome of this attempt; `counted`: the row already counts the attempt."""
     status = outcome.status
     next_attempt_at = None
+    increment = 0 if counted else 1
     if status == models.FAILED:
-        # The attempt being recorded is number attempts+1; the backoff doubles each time.
-        attempts = session.execute(
-            text("SELECT attempts FROM stripe_events WHERE id = :id"), {"id": event.id}
-        ).scalar_one()
-        if attempts + 1 >= settings.worker_max_attempts:
+        # The attempt being recorded is number `attempt`; the backoff doubles each time.
+        attempt = (
+            session.execute(
+                text("SELECT attempts FROM stripe_events WHERE id = :id"), {"id": event.id}
+            ).scalar_one()
+            + increment
+        )
+        if attempt >= settings.worker_max_attempts:
             status = models.DEAD
         else:
             delay = min(
-                timedelta(seconds=settings.worker_backoff_seconds * 2**attempts), MAX_BACKOFF
+                timedelta(seconds=settings.worker_backoff_seconds * 2 ** (attempt - 1)),
+                MAX_BACKOFF,
             )
             next_attempt_at = datetime.now(UTC) + delay
     session.execute(
@@ -166,11 +220,17 @@ def _record_outcome(
         {
             "id": event.id,
             "status": status,
+            "increment": increment,
             "last_error": error,
             "next_attempt_at": next_attempt_at,
             "account_id": outcome.account_id,
         },
     )
+    _log_outcome(event, status, outcome.account_id, error)
+    return status
+
+
+def _log_outcome(event: Event, status: str, account_id: str | None, error: str | None) -> None:
     level = logging.WARNING if status in (models.FAILED, models.DEAD) else logging.INFO
     log.log(
         level,
@@ -179,8 +239,7 @@ def _record_outcome(
             "event_id": event.id,
             "event_type": event.type,
             "status": status,
-            "account_id": outcome.account_id,
+            "account_id": account_id,
             "error": error,
         },
     )
-    return status

@@ -37,6 +37,7 @@ from . import models
 from .handlers import Outcome
 from .payload import PayloadError, event_from_payload
 from .processing import MAX_BACKOFF, ProcessingContext, apply
+
 # The same recording (attempts, backoff, dead) as every other attempt: one formula.
 from .processing import _record_outcome as record_outcome
 
@@ -170,10 +171,7 @@ class Worker:
             except SQLAlchemyError as exc:
                 # The database went away or a statement timed out: nothing was half
                 # applied (each event has its own transaction); try again next poll.
-                log.error(
-                    "stripe.worker.drain_failed",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                )
+                log.error("stripe.worker.drain_failed", extra={"error": _describe(exc)})
             else:
                 if result.attempted:
                     log.info("stripe.worker.drained", extra=dict(result.statuses))
@@ -224,7 +222,7 @@ class Worker:
     def _record_error(
         self, event_id: str, customer_id: str | None, exc: DBAPIError
     ) -> tuple[Attempt, str | None]:
-        error = f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"
+        error = _describe(exc)
         with transaction(self.engine) as session:
             if customer_id and not _try_lock_customer(session, customer_id):
                 return Attempt.BUSY, None
@@ -243,6 +241,14 @@ class Worker:
                 _CANDIDATES, {"as_of": as_of, "exclude": exclude, "limit": self.batch}
             ).all()
         return [(row.id, row.customer_id) for row in rows]
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The driver's message without SQLAlchemy's statement and parameters, which may
+    carry customer data from a payload."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"
+    return type(exc).__name__
 
 
 def _try_lock_customer(session: Session, customer_id: str) -> bool:

@@ -118,7 +118,10 @@ def account_history(account_id: str) -> Response | tuple[Response, int]:
 @bp.get("/events")
 def event_list() -> Response:
     filters = events.EventFilter(
-        status=_arg("status"), type=_arg("type"), customer_id=_arg("customer")
+        status=_arg("status"),
+        type=_arg("type"),
+        customer_id=_arg("customer"),
+        account_id=_arg("account"),
     )
     limit = parse_limit(_arg("limit"))
     with transaction(_engine()) as session:

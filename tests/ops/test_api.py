@@ -232,6 +232,7 @@ def test_events_list_filters_and_pages_newest_first(client, auth, engine):
                 engine,
                 event,
                 status="failed" if n == 4 else "processed",
+                account_id="acct_9" if n == 2 else None,
                 received_at=f"2026-11-0{n + 1}T00:00:00Z",
             )
         )
@@ -250,6 +251,8 @@ def test_events_list_filters_and_pages_newest_first(client, auth, engine):
     assert [e["id"] for e in paid["events"]] == ["evt_3", "evt_1"]
     assert client.get("/ops/api/events?customer=cus_9", headers=auth).get_json()["events"]
     assert client.get("/ops/api/events?customer=cus_0", headers=auth).get_json()["events"] == []
+    by_account = client.get("/ops/api/events?account=acct_9", headers=auth).get_json()
+    assert [e["id"] for e in by_account["events"]] == ["evt_2"]
     bad = client.get("/ops/api/events?status=exploded", headers=auth)
     assert bad.status_code == 400
     assert bad.get_json()["error"] == "invalid_parameter"

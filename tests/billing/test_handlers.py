@@ -363,3 +363,47 @@ def test_a_customer_stays_linked_to_its_first_account(client, engine):
     other["data"]["object"]["client_reference_id"] = "acc_other"
     assert deliver(client, other) == "processed"
     assert one(engine, "SELECT account_id FROM stripe_customers") == {"account_id": ACCOUNT}
+
+
+SPEC_TYPES = {
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.trial_will_end",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "invoice.payment_action_required",
+    "customer.updated",
+    "customer.deleted",
+}
+
+
+def test_the_handler_table_is_exactly_the_types_spec_lists():
+    assert set(HANDLERS) == SPEC_TYPES
+    assert all(handler.__doc__ and f"`{t}`" in handler.__doc__ for t, handler in HANDLERS.items())
+
+
+def test_an_unhandled_type_is_ignored(client, engine):
+    event = load_fixture("customer.updated")
+    event["type"], event["id"] = "customer.source.created", "evt_unhandled"
+    assert deliver(client, event) == "ignored"
+
+
+def test_subscription_metadata_links_the_customer_and_applies_what_waited(client, engine):
+    waiting = load_fixture("customer.updated")
+    assert deliver(client, waiting) == "pending"
+    event = load_fixture("customer.subscription.updated")
+    event["data"]["object"]["metadata"] = {"account_id": "acc_from_metadata"}
+    assert deliver(client, event) == "processed"
+    assert one(engine, "SELECT account_id FROM stripe_customers") == {
+        "account_id": "acc_from_metadata"
+    }
+    assert quota(engine, "acc_from_metadata") == PRO
+    assert event_status(engine, waiting["id"])["status"] == "processed"
+    assert one(engine, "SELECT email FROM accounts") == {"email": "finance@acme.example"}

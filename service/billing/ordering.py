@@ -9,8 +9,9 @@ Subscription key, compared left to right:
 1. `deleted`: a subscription that has ended (`customer.subscription.deleted`, `canceled`,
    `incomplete_expired`) never comes back to life;
 2. the event's `created` second: newer wins;
-3. on a same-second tie, `STRIPE_API_KEY` set: the subscription is re-fetched from the
-   Stripe API and that answer is stored (see `stripe_objects`). Without a key the
+3. on a same-second tie between two different snapshots, `STRIPE_API_KEY` set: the
+   subscription is re-fetched from the Stripe API and that answer is stored (see
+   `stripe_objects`; a 404 falls back to the rule below). Without a key the
    deterministic rule continues: the status later in the lifecycle wins (`SUBSCRIPTION_PRECEDENCE`:
    incomplete < trialing < active < past_due < unpaid < paused < incomplete_expired < canceled),
 4. then the greater digest of the snapshot's content (a stable, arbitrary tiebreak),

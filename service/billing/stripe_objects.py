@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from ..stripe_api import StripeObjectNotFound
 from .accounts import Cause, ensure_account, recompute_account
 from .ordering import invoice_precedence, subscription_precedence
 from .plans import grants_access, load_catalogue, plan_for_prices
@@ -202,7 +203,8 @@ _UPSERT_SUBSCRIPTION = text(
     WITH link AS (
         SELECT account_id FROM stripe_customers WHERE id = :customer_id
     ), old AS (
-        SELECT account_id, status, plan, deleted, applied_event_created, applied_event_id
+        SELECT account_id, status, plan, deleted, applied_event_created, applied_event_id,
+               snapshot_digest
           FROM subscriptions WHERE id = :id FOR UPDATE
     ), up AS (
         INSERT INTO subscriptions AS s
@@ -246,7 +248,7 @@ _UPSERT_SUBSCRIPTION = text(
            EXISTS (SELECT 1 FROM up) AS applied,
            old.account_id AS old_account_id, old.status AS old_status, old.plan AS old_plan,
            old.deleted AS old_deleted, old.applied_event_created AS old_created,
-           old.applied_event_id AS old_event_id
+           old.applied_event_id AS old_event_id, old.snapshot_digest AS old_digest
       FROM (SELECT 1) AS one LEFT JOIN old ON true
     """
 )
@@ -338,13 +340,16 @@ def apply_subscription_snapshot(
     account_id: str = row.account_id
     applied = bool(row.applied)
     final = (snap.status, plan, deleted)
+    # Two different snapshots of one second: only Stripe knows which came last.
     tie = (
         row.old_created is not None
         and int(row.old_created.timestamp()) == created
         and row.old_event_id != cause.event_id
+        and row.old_digest != snap.digest
     )
-    if tie and stripe_api is not None:
-        fetched = parse_subscription(stripe_api.retrieve_subscription(snap.id))
+    fetched_obj = _refetch(stripe_api, snap.id, cause) if tie and stripe_api is not None else None
+    if fetched_obj is not None:
+        fetched = parse_subscription(fetched_obj)
         fetched_plan, fetched_price = plan_for_prices(fetched.prices, plan_price_map, catalogue)
         fetched_deleted = fetched.ended() or deleted
         refetched = upsert(fetched, fetched_plan, fetched_price, fetched_deleted, True)
@@ -375,6 +380,24 @@ def apply_subscription_snapshot(
         if row.old_account_id is not None and row.old_account_id != account_id:
             recompute_account(session, row.old_account_id, cause)
     return SnapshotResult(account_id, applied=True, linked_customer_id=linked)
+
+
+def _refetch(
+    stripe_api: SubscriptionSource, subscription_id: str, cause: Cause
+) -> dict[str, Any] | None:
+    """The subscription as Stripe holds it now, or None when Stripe does not know it.
+
+    A 404 (another mode or account's key) cannot be fixed by retrying, so the
+    deterministic rule decides; any other API error fails the event, which is retried.
+    """
+    try:
+        return stripe_api.retrieve_subscription(subscription_id)
+    except StripeObjectNotFound:
+        log.warning(
+            "billing.subscription.refetch_not_found",
+            extra={"subscription_id": subscription_id, "event_id": cause.event_id},
+        )
+        return None
 
 
 def _grants(status: str, plan: str, deleted: bool) -> str | None:

@@ -213,3 +213,27 @@ def test_a_tie_with_the_api_refetches_the_subscription_and_stores_stripes_answer
         "status": "active"
     }
     assert quota(engine, ACCOUNT) == SCALE
+
+
+def test_a_tie_stripe_does_not_know_falls_back_to_the_rule(
+    app_with_stripe_api, engine, stripe_double
+):
+    stripe_double.subscriptions.clear()
+    client = app_with_stripe_api.test_client()
+    events = _paused_and_resumed_in_one_second()
+    assert [deliver(client, event) for event in events] == ["processed"] * 4
+    assert [r.status for r in stripe_double.requests] == [404]
+    assert quota(engine, ACCOUNT) == FREE
+
+
+def test_one_change_delivered_twice_in_one_second_needs_no_refetch(
+    app_with_stripe_api, engine, stripe_double
+):
+    client = app_with_stripe_api.test_client()
+    events = _paused_and_resumed_in_one_second()[:3]
+    repeat = copy.deepcopy(events[2])
+    repeat["id"] = "evt_same_change_again"
+    for event in [*events, repeat]:
+        deliver(client, event)
+    assert stripe_double.requests == []
+    assert quota(engine, ACCOUNT) == SCALE

@@ -73,6 +73,14 @@ _WAITING_FOR_CUSTOMER = text(
 )
 
 
+class HandlerFailed(Exception):
+    """A handler raised while running without a savepoint (`receive(isolate=False)`).
+
+    The transaction holds its partial changes, so the caller rolls it back and receives
+    the event again with `isolate=True`, which records the failure.
+    """
+
+
 @dataclass(frozen=True)
 class ProcessingContext:
     """What handlers may consult besides the session: settings and the Stripe API."""
@@ -87,11 +95,20 @@ def lock_customer(session: Session, customer_id: str | None) -> None:
         session.execute(_LOCK_CUSTOMER, {"key": f"stripe-customer:{customer_id}"})
 
 
-def receive(session: Session, event: Event, raw_json: str, context: ProcessingContext) -> str:
+def receive(
+    session: Session,
+    event: Event,
+    raw_json: str,
+    context: ProcessingContext,
+    *,
+    isolate: bool = True,
+) -> str:
     """Store a delivered event durably and apply it; return the status to answer Stripe.
 
     A redelivery of an event already settled answers `duplicate`; one stored but not yet
-    applied (pending, failed, dead) gets another attempt.
+    applied (pending, failed, dead) gets another attempt. `isolate=False` runs the
+    handler without a savepoint (two round trips fewer) and raises `HandlerFailed` when
+    it fails: the webhook view then rolls back and receives the event again, isolated.
     """
     customer_id = event.customer_id
     expected = _expected_outcome(event, context)
@@ -118,8 +135,9 @@ def receive(session: Session, event: Event, raw_json: str, context: ProcessingCo
                 extra={"event_id": event.id, "event_type": event.type, "status": status},
             )
             return DUPLICATE
-        return apply(session, event, context)
-    return apply(session, event, context, recorded=(expected[0], inserted.account_id))
+        return apply(session, event, context, isolate=isolate)
+    recorded = (expected[0], inserted.account_id)
+    return apply(session, event, context, recorded=recorded, isolate=isolate)
 
 
 def _expected_outcome(event: Event, context: ProcessingContext) -> tuple[str, str | None]:
@@ -140,6 +158,7 @@ def apply(
     context: ProcessingContext,
     *,
     recorded: tuple[str, str | None] | None = None,
+    isolate: bool = True,
 ) -> str:
     """Apply a stored (and locked) event through its handler and record the outcome.
 
@@ -148,7 +167,7 @@ def apply(
     attempt. Losing the database is not the event's fault and propagates to the caller.
     `recorded` is the (status, account id) the row already holds for this attempt, when
     `receive` stored it with the expected outcome: the row is only written again when the
-    outcome differs.
+    outcome differs. `isolate=False`: see `receive`.
     """
     status, error = _expected_outcome(event, context)
     handler = HANDLERS.get(event.type)
@@ -156,11 +175,16 @@ def apply(
         outcome = Outcome(models.IGNORED)
     else:
         try:
-            with session.begin_nested():
+            if isolate:
+                with session.begin_nested():
+                    outcome = handler(session, event, context)
+            else:
                 outcome = handler(session, event, context)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
+            if not isolate:
+                raise HandlerFailed(event.id) from exc
             outcome = Outcome(models.FAILED)
             error = f"{type(exc).__name__}: {exc}"
     if (

@@ -70,7 +70,8 @@ def verify(
             matched |= hmac.compare_digest(signature, candidate_bytes)
     if not matched:
         raise SignatureError("No signatures found matching the expected signature for payload")
-    if abs(now - timestamp) > tolerance:
+    # Compared, not subtracted: a signed timestamp of hundreds of digits overflows a float.
+    if not now - tolerance <= timestamp <= now + tolerance:
         raise SignatureError(
             f"Timestamp outside the tolerance zone ({timestamp}): "
             f"more than {tolerance} seconds from the server's clock"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 
 import pytest
 from sqlalchemy import text
+from werkzeug.serving import make_server
 
 from service import create_app
 from service.cli import cli
+from service.ops.samples import SAMPLE_TYPES
 
-from ..helpers import make_event, post_event
+from ..helpers import TEST_SECRET, make_event, post_event
 from . import objects
 from .events_util import store_event
 
@@ -239,3 +243,57 @@ def test_quota_set_rejects_unknown_accounts_and_bad_numbers(runner):
         == 2
     )
     assert runner.invoke(cli, ["quota", "clear", "acct_x"]).exit_code == 1
+
+
+@pytest.fixture
+def live_url(app):
+    """The application on a real socket, as a deployment would be."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/webhooks/stripe"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("event_type", SAMPLE_TYPES)
+def test_send_test_event_signs_and_posts_a_sample_the_receiver_stores(
+    runner, live_url, engine, event_type
+):
+    result = runner.invoke(
+        cli,
+        ["stripe", "send-test-event", event_type, "--url", live_url, "--customer", "cus_t"],
+        env={"STRIPE_WEBHOOK_SECRET": TEST_SECRET},
+    )
+    assert result.exit_code == 0, result.output
+    event_id = re.search(r"(evt_\w+)", result.output).group(1)
+    assert f'"id":"{event_id}"' in result.output
+    assert result.output.splitlines()[-1].startswith("200 ")
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT type, customer_id, status FROM stripe_events WHERE id = :id"),
+            {"id": event_id},
+        ).one()
+    assert row.type == event_type
+    assert row.customer_id == "cus_t"
+    assert row.status != "failed", "a sample must be something the receiver can apply"
+
+
+def test_send_test_event_exits_1_when_the_receiver_refuses_it(runner, live_url, engine):
+    result = runner.invoke(
+        cli,
+        ["stripe", "send-test-event", "invoice.paid", "--url", live_url],
+        env={"STRIPE_WEBHOOK_SECRET": "whsec_not_the_receivers"},
+    )
+    assert result.exit_code == 1
+    assert "400 " in result.output
+    assert "invalid_signature" in result.output
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM stripe_events")).scalar_one() == 0
+    unreachable = runner.invoke(
+        cli,
+        ["stripe", "send-test-event", "invoice.paid", "--url", "http://127.0.0.1:9/x"],
+        env={"STRIPE_WEBHOOK_SECRET": TEST_SECRET},
+    )
+    assert unreachable.exit_code == 1
+    assert "Could not reach" in unreachable.output

@@ -8,6 +8,7 @@ from sqlalchemy import text
 from service import create_app
 
 from ..helpers import make_event, post_event
+from . import objects
 from .conftest import OPS_TOKEN
 from .events_util import store_event
 
@@ -327,3 +328,21 @@ def test_a_database_that_does_not_answer_is_503_not_500(settings, auth):
         assert "stripe_events_backlog_scrape_ok 0.0" in metrics.get_data(as_text=True)
     finally:
         app.extensions["engine"].dispose()
+
+
+def test_replaying_an_applied_event_changes_nothing(client, auth, engine):
+    checkout = objects.checkout_completed("acct_5", "cus_5", "five@example.com")
+    post_event(client, make_event("checkout.session.completed", checkout))
+    sub = objects.subscription("sub_5", "cus_5", price_obj=objects.price("price_pro", "pro"))
+    event = make_event("customer.subscription.updated", sub)
+    assert post_event(client, event).get_json()["status"] == "processed"
+    before = client.get("/ops/api/accounts/acct_5", headers=auth).get_json()
+    history = client.get("/ops/api/accounts/acct_5/history", headers=auth).get_json()
+
+    response = client.post(f"/ops/api/events/{event['id']}/replay", headers=auth)
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "processed"
+    assert response.get_json()["attempts"] == 2
+    assert client.get("/ops/api/accounts/acct_5", headers=auth).get_json() == before
+    assert client.get("/ops/api/accounts/acct_5/history", headers=auth).get_json() == history
+    assert before["plan"] == "pro"

@@ -33,6 +33,8 @@ def _wait_until_blocked_on_a_lock(engine: Engine, timeout: float = 10.0) -> None
             ).scalar_one()
             if waiting:
                 return
+            # pg_stat_activity is read once per transaction: end it to see fresh state.
+            c.rollback()
             time.sleep(0.01)
     raise AssertionError("the second transaction never waited for the account lock")
 

@@ -94,17 +94,38 @@ def test_replay_without_the_csrf_token_is_refused(client, engine):
     assert attempts == 1
 
 
-def test_a_session_from_another_token_is_not_accepted(client, settings, seed_account):
+def test_a_session_is_accepted_by_every_worker_without_a_secret_key(client, settings, seed_account):
+    # No SECRET_KEY: each process derives the same cookie key from OPS_TOKEN.
     seed_account()
+    assert settings.secret_key is None
     _login(client)
+    other_worker = create_app(settings)
+    try:
+        other = other_worker.test_client()
+        other.set_cookie(
+            "ops_session", client.get_cookie("ops_session", path="/ops").value, path="/ops"
+        )
+        assert other.get("/ops/accounts/acct_1").status_code == 200
+    finally:
+        other_worker.extensions["engine"].dispose()
+
+
+def test_a_session_from_another_token_is_not_accepted(settings, seed_account):
+    # Same cookie key on both sides, so only the token fingerprint in the session differs.
+    seed_account()
+    before = create_app(settings.replace(secret_key="fixed-key"))
     rotated = create_app(settings.replace(ops_token="a-new-token", secret_key="fixed-key"))
     try:
+        client = before.test_client()
+        _login(client)
+        assert client.get("/ops/accounts/acct_1").status_code == 200
         other = rotated.test_client()
         other.set_cookie(
             "ops_session", client.get_cookie("ops_session", path="/ops").value, path="/ops"
         )
         assert other.get("/ops/accounts/acct_1").status_code == 302
     finally:
+        before.extensions["engine"].dispose()
         rotated.extensions["engine"].dispose()
 
 

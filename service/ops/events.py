@@ -7,7 +7,7 @@ show the same fields, so all three answer with the same words.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_
@@ -22,8 +22,11 @@ FAILED_STATUSES = (models.FAILED, models.DEAD)
 
 
 def iso(value: datetime | None) -> str | None:
-    """A timestamp as ISO 8601 with its offset, the way every ops document writes time."""
-    return value.isoformat() if value is not None else None
+    """A timestamp as ISO 8601 in UTC, the way every ops document writes time.
+
+    Converted explicitly: psycopg hands timestamps back in the server's TimeZone setting.
+    """
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 def event_document(event: StripeEvent) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from flask import (
     request,
     url_for,
 )
+from flask import session as flask_session
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -129,9 +130,7 @@ def login() -> WerkzeugResponse | str:
 
 @bp.post("/logout")
 def logout() -> WerkzeugResponse:
-    from flask import session
-
-    session.clear()
+    flask_session.clear()
     return redirect(url_for("ops_pages.login"))
 
 

@@ -46,6 +46,18 @@ def customer_id_of(obj: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _storable(value: str) -> bool:
+    """Whether PostgreSQL text can hold `value`: no NUL, no lone surrogate (a JSON escape
+    such as `\\ud800` decodes to one, and UTF-8 cannot encode it)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def event_from_payload(payload: Any) -> Event:
     """Validate a decoded payload's shape; raise `PayloadError` naming the first problem."""
     if not isinstance(payload, dict):
@@ -58,10 +70,20 @@ def event_from_payload(payload: Any) -> Event:
     if payload.get("object") != "event":
         raise PayloadError('The body is not a Stripe event: "object" must be "event"')
     event_id = payload.get("id")
-    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
+    if (
+        not isinstance(event_id, str)
+        or not event_id
+        or len(event_id) > 255
+        or not _storable(event_id)
+    ):
         raise PayloadError('The event has no valid "id"')
     event_type = payload.get("type")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+    if (
+        not isinstance(event_type, str)
+        or not event_type
+        or len(event_type) > 255
+        or not _storable(event_type)
+    ):
         raise PayloadError('The event has no valid "type"')
     created = payload.get("created")
     if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created < 2**41:
@@ -70,11 +92,14 @@ def event_from_payload(payload: Any) -> Event:
     if not isinstance(livemode, bool):
         raise PayloadError('The event has no valid "livemode" flag')
     api_version = payload.get("api_version")
-    if api_version is not None and not isinstance(api_version, str):
+    if api_version is not None and (not isinstance(api_version, str) or not _storable(api_version)):
         raise PayloadError('The event\'s "api_version" must be a string')
     data = payload.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise PayloadError('The event has no "data.object" snapshot')
+    customer_id = customer_id_of(data["object"])
+    if customer_id is not None and not _storable(customer_id):
+        raise PayloadError("The event's customer id holds a null character or lone surrogate")
     return Event(
         id=event_id,
         type=event_type,

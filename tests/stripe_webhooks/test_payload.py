@@ -137,6 +137,21 @@ def test_a_nul_in_the_event_id_is_a_400_not_a_500(client, engine):
     assert _stored(engine) == 0
 
 
+@pytest.mark.parametrize("field", ["id", "type", "api_version"])
+def test_a_lone_surrogate_in_a_stored_field_is_a_400_not_a_500(client, engine, field):
+    body = json.dumps(_event(**{field: "x_\ud800"})).encode()
+    assert b"\\ud800" in body
+    _assert_invalid_payload(_post_signed(client, body))
+    assert _stored(engine) == 0
+
+
+def test_a_lone_surrogate_in_the_customer_id_is_a_400_not_a_500(client, engine):
+    subscription = {"object": "subscription", "id": "sub_1", "customer": "cus_\udc00"}
+    event = make_event("customer.subscription.updated", subscription)
+    _assert_invalid_payload(_post_signed(client, json.dumps(event).encode()), "customer id")
+    assert _stored(engine) == 0
+
+
 def test_a_nul_in_the_customer_id_is_a_400_not_a_500(client, engine):
     event = make_event("customer.updated", {"object": "customer", "id": "cus_\u0000"})
     _assert_invalid_payload(_post_signed(client, json.dumps(event).encode()))

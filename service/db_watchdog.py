@@ -33,43 +33,64 @@ log = logging.getLogger(__name__)
 GRACE_SECONDS = 1.0
 
 
+# This process's id, refreshed in a forked child, so `arm` needs no system call to notice
+# that it runs in a new gunicorn worker, where the parent's thread does not exist.
+_PID = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
 class Watchdog:
-    """Deadlines of the connections of one engine, and the thread that enforces them."""
+    """Deadlines of the connections of one engine, and the thread that enforces them.
+
+    `arm` and `disarm` run around every statement, so they are one dictionary write each
+    (atomic under the GIL): no lock, no wake-up, no system call. The thread wakes every
+    `interval`, copies the dictionary in one C call, and takes the lock only to claim an
+    expired entry that is still the one it saw.
+    """
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self._deadlines: dict[int, tuple[float, Any]] = {}
         self._lock = threading.Lock()
-        self._armed = threading.Event()
         self._pid: int | None = None
 
     def arm(self, dbapi_connection: Any) -> None:
-        with self._lock:
-            self._deadlines[id(dbapi_connection)] = (
-                time.monotonic() + self.limit,
-                dbapi_connection,
-            )
-            if self._pid != os.getpid():  # first use, or first use after a fork
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
-        self._armed.set()
+        self._deadlines[id(dbapi_connection)] = (time.monotonic() + self.limit, dbapi_connection)
+        if self._pid != _PID:  # first use, or first use after a fork
+            self._start()
 
     def disarm(self, dbapi_connection: Any) -> None:
+        self._deadlines.pop(id(dbapi_connection), None)
+
+    def _start(self) -> None:
         with self._lock:
-            self._deadlines.pop(id(dbapi_connection), None)
+            if self._pid == _PID:
+                return
+            self._pid = _PID
+            threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         interval = min(0.1, self.limit / 10)
         while True:
-            self._armed.wait()
             time.sleep(interval)
+            if not self._deadlines:
+                continue
             now = time.monotonic()
-            with self._lock:
-                expired = [conn for deadline, conn in self._deadlines.values() if deadline <= now]
-                for conn in expired:
-                    del self._deadlines[id(conn)]
-                if not self._deadlines:
-                    self._armed.clear()
+            expired = []
+            for key, entry in self._deadlines.copy().items():
+                if entry[0] <= now and self._deadlines.get(key) is entry:
+                    with self._lock:
+                        # A re-armed entry (a new call) is not `entry`: it is left alone.
+                        if self._deadlines.get(key) is entry:
+                            del self._deadlines[key]
+                            expired.append(entry[1])
             for conn in expired:
                 try:
                     _shut_if_busy(conn, self.limit)

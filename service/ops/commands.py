@@ -8,6 +8,7 @@ JSON is the same document the ops API answers with.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -36,6 +37,8 @@ from .samples import SAMPLE_TYPES, sample_event
 
 if TYPE_CHECKING:
     from ..stripe_api import StripeApi
+
+log = logging.getLogger(__name__)
 
 
 def console() -> Console:
@@ -391,7 +394,12 @@ def events_replay(event_id: str | None, all_failed: bool, dry_run: bool, limit: 
 
 def _replay_one(event_id: str) -> ReplayResult:
     with transaction(_engine()) as session:
-        return replay(session, event_id, _context())
+        result = replay(session, event_id, _context())
+    log.info(
+        "ops.event.replayed",
+        extra={"event_id": event_id, "status": result.status_after, "via": "cli"},
+    )
+    return result
 
 
 def _dry_run_one(event_id: str) -> ReplayResult:
@@ -456,6 +464,7 @@ def quota_set(account_id: str, rpm: int, monthly: int, reason: str | None, set_b
         raise click.ClickException(f"No account {account_id!r}") from None
     except InvalidQuota as exc:
         raise click.BadParameter(str(exc)) from None
+    log.info("ops.quota.set", extra={"account_id": account_id, "set_by": set_by, "via": "cli"})
     click.echo(
         f"{account_id}: quota {before} -> "
         f"{state.quota.requests_per_minute:,} req/min · {state.quota.monthly_requests:,} req/month "
@@ -478,6 +487,7 @@ def quota_clear(account_id: str, set_by: str) -> None:
             )
     except AccountNotFound:
         raise click.ClickException(f"No account {account_id!r}") from None
+    log.info("ops.quota.cleared", extra={"account_id": account_id, "set_by": set_by, "via": "cli"})
     click.echo(
         f"{account_id}: quota {before} -> "
         f"{state.quota.requests_per_minute:,} req/min · {state.quota.monthly_requests:,} req/month "

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application from `settings`, or from the environment when none is given."""
     from . import health, metrics
+    from .cli import register_cli
     from .db import make_engine
     from .errors import register_error_handlers
     from .logging_setup import configure_logging
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     register_ops(app)
+    register_cli(app)
     return app
 
 

@@ -1,4 +1,8 @@
-"""The `webhooks` command line, a Flask CLI (`flask --app service ...` works the same)."""
+"""The `webhooks` command line, a Flask CLI.
+
+Every command is registered on the application's own `app.cli` by `register_cli`, which
+`create_app` calls, so `webhooks ...` and `flask --app service ...` offer the same commands.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def cli() -> None:
     """Receive Stripe billing webhooks and keep plans and API quotas in PostgreSQL."""
 
 
-@cli.command("serve")
+@click.command("serve")
 @click.option(
     "--bind",
     default=lambda: os.environ.get("BIND", "127.0.0.1:8000"),
@@ -56,7 +60,7 @@ def serve(bind: str, workers: int | None) -> None:
     os.execv(sys.executable, args)
 
 
-@cli.group("db")
+@click.group("db")
 def db_group() -> None:
     """Database schema commands."""
 
@@ -72,7 +76,7 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
-@cli.command("worker")
+@click.command("worker")
 @click.option("--once", is_flag=True, help="Attempt the events due now, then exit.")
 @click.option(
     "--batch",
@@ -108,13 +112,14 @@ def worker(once: bool, batch: int) -> None:
     click.echo(summary(result))
 
 
-def _register_ops_commands() -> None:
+def register_cli(app: Flask) -> None:
+    """Add every command to the application's CLI (`webhooks` and `flask --app service`)."""
     from .ops.commands import register_commands
 
-    register_commands(cli)
-
-
-_register_ops_commands()
+    app.cli.add_command(serve)
+    app.cli.add_command(db_group)
+    app.cli.add_command(worker)
+    register_commands(app.cli)
 
 
 def main() -> None:

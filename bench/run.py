@@ -16,6 +16,7 @@ BENCH_GROWTH_EVENTS (1000000; 0 skips), BENCH_MEMORY_EVENTS (0 skips), WEB_CONCU
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from .ceiling import TABLE as CEILING_TABLE
 from .pg import ROOT, server_url, throwaway_database
@@ -63,6 +65,8 @@ class Result:
     rss_start: dict[int, float] = field(default_factory=dict)
     rss_end: dict[int, float] = field(default_factory=dict)
     rss_samples: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+    cpu_web: float = 0.0  # CPU seconds of the web workers during the measured window
+    cpu_db: float = 0.0  # CPU seconds of this database's PostgreSQL backends, same window
 
     @property
     def rate(self) -> float:
@@ -73,6 +77,11 @@ class Result:
             return 0.0
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def cpu_per_event(self, side: str) -> float:
+        """CPU milliseconds per answered request, in the web workers or in PostgreSQL."""
+        seconds = self.cpu_web if side == "web" else self.cpu_db
+        return 1000 * seconds / self.requests if self.requests else 0.0
 
     @property
     def missing(self) -> int:
@@ -119,6 +128,7 @@ def run_target(
         load = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(config_path)], cwd=ROOT)
         started_flag = Path(str(out) + ".started")
         measuring = False
+        cpu_start: tuple[dict[int, float], dict[int, float]] = ({}, {})
         profiler: subprocess.Popen[bytes] | None = None
         t0 = time.monotonic()
         while load.poll() is None:
@@ -127,10 +137,15 @@ def run_target(
                 measuring = True
                 t0 = time.monotonic()
                 result.rss_start = server.worker_rss_mib()
+                cpu_start = _cpu_seconds(server.worker_pids(), database_url)
                 profiler = _start_profiler(name, server, seconds)
             if measuring:
                 result.rss_samples.append((time.monotonic() - t0, server.worker_rss_mib()))
         result.rss_end = server.worker_rss_mib()
+        if measuring:
+            web, db = _cpu_seconds(server.worker_pids(), database_url)
+            result.cpu_web = sum(web.values()) - sum(cpu_start[0].get(p, 0.0) for p in web)
+            result.cpu_db = sum(db.values()) - sum(cpu_start[1].get(p, 0.0) for p in db)
         if profiler is not None:
             profiler.wait(60)
         if load.returncode != 0:
@@ -154,6 +169,38 @@ def run_target(
     result.accepted = len(accepted)
     _count_stored(result, database_url, app, accepted)
     return result
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(
+    worker_pids: list[int], database_url: str
+) -> tuple[dict[int, float], dict[int, float]]:
+    """CPU so far of the web workers and of the PostgreSQL backends serving this database.
+
+    Backends are only visible when the server runs on this machine (it does, here).
+    """
+    engine = create_engine(database_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        backends = connection.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalars()
+        backend_pids = list(backends)
+    engine.dispose()
+    return (
+        {pid: _process_cpu(pid) for pid in worker_pids},
+        {pid: _process_cpu(pid) for pid in backend_pids},
+    )
 
 
 def _start_profiler(name: str, server: Gunicorn, seconds: float | None) -> Any:
@@ -211,17 +258,43 @@ def _audit_rows(connection: Any, ids: list[str]) -> int | None:
     """Audit entries caused by these events, if the schema has an audit table."""
     row = connection.execute(
         text(
-            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public'"
-            " AND column_name = 'event_id' AND table_name LIKE '%audit%' LIMIT 1"
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name LIKE '%audit%'"
+            " AND column_name IN ('event_id', 'cause_event_id')"
         )
     ).first()
     if row is None:
         return None
     return int(
         connection.execute(
-            text(f'SELECT count(*) FROM "{row[0]}" WHERE event_id = ANY(:ids)'), {"ids": ids}
+            text(f'SELECT count(*) FROM "{row[0]}" WHERE "{row[1]}" = ANY(:ids)'), {"ids": ids}
         ).scalar_one()
     )
+
+
+def _merge(name: str, parts: list[Result]) -> Result:
+    """One target's rounds as one result: summed counts, pooled latencies."""
+    merged = Result(name)
+    for part in parts:
+        merged.requests += part.requests
+        merged.seconds += part.seconds
+        merged.latencies += part.latencies
+        for code, n in part.codes.items():
+            merged.codes[code] = merged.codes.get(code, 0) + n
+        for status, n in part.statuses.items():
+            merged.statuses[status] = merged.statuses.get(status, 0) + n
+        merged.sent_ids += part.sent_ids
+        merged.accepted += part.accepted
+        merged.stored += part.stored
+        if part.applied is not None:
+            merged.applied = (merged.applied or 0) + part.applied
+        if part.audit is not None:
+            merged.audit = (merged.audit or 0) + part.audit
+        merged.cpu_web += part.cpu_web
+        merged.cpu_db += part.cpu_db
+    merged.rss_start = parts[-1].rss_start
+    merged.rss_end = parts[-1].rss_end
+    return merged
 
 
 def bulk_load(database_url: str, count: int) -> float:
@@ -254,6 +327,8 @@ def bulk_load(database_url: str, count: int) -> float:
             {"count": count},
         )
         connection.execute(text("VACUUM ANALYZE stripe_events"))
+        # Flush the load's dirty pages now, not in the middle of the measured run.
+        connection.execute(text("CHECKPOINT"))
     engine.dispose()
     return time.perf_counter() - started
 
@@ -264,15 +339,16 @@ def _row(r: Result) -> str:
     return (
         f"| {r.name:<16} | {r.rate:>8.0f} | {r.pct(0.5):>6.1f} | {r.pct(0.99):>6.1f} "
         f"| {max(r.latencies, default=0) * 1000:>7.1f} | {r.requests:>7} | {r.sent_ids:>7} "
-        f"| {r.accepted:>8} | {r.stored:>7} | {applied:>7} | {audit:>6} | {r.missing:>7} |"
+        f"| {r.accepted:>8} | {r.stored:>7} | {applied:>7} | {audit:>6} | {r.missing:>7} "
+        f"| {r.cpu_per_event('web'):>6.2f} | {r.cpu_per_event('db'):>5.2f} |"
     )
 
 
 HEADER = (
     "| target           | events/s | p50 ms | p99 ms |  max ms | answers |     ids "
-    "| accepted |  stored | applied |  audit | missing |\n"
+    "| accepted |  stored | applied |  audit | missing | web ms |db ms |\n"
     "|------------------|---------:|-------:|-------:|--------:|--------:|--------:"
-    "|---------:|--------:|--------:|-------:|--------:|"
+    "|---------:|--------:|--------:|-------:|--------:|-------:|-----:|"
 )
 
 
@@ -302,28 +378,35 @@ def main() -> int:
         "warmup": warmup,
         "concurrency": concurrency,
     }
-    print(f"bench: {os.cpu_count()} cores, concurrency {concurrency}, {seconds:.0f} s per target")
-    with throwaway_database(base) as url:
-        ceiling = run_target("ceiling", CEILING_APP, url, **common)  # type: ignore[arg-type]
-        results.append(ceiling)
-        print(_row(ceiling), flush=True)
-        service = run_target("service", SERVICE_APP, url, **common)  # type: ignore[arg-type]
-        results.append(service)
-        print(_row(service), flush=True)
-        grown: Result | None = None
+    rounds = _env_int("BENCH_ROUNDS", 2)
+    print(
+        f"bench: {os.cpu_count()} cores, concurrency {concurrency}, {seconds:.0f} s per target, "
+        f"{rounds} rounds (targets alternate, so a neighbour's load spreads over all of them)"
+    )
+    grown: Result | None = None
+    memory: Result | None = None
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(throwaway_database(base))
+        grown_url = None
         if growth:
-            took = bulk_load(url, growth)
+            grown_url = stack.enter_context(throwaway_database(base))
+            took = bulk_load(grown_url, growth)
             notes.append(f"bulk-loaded {growth:,} stored events in {took:.0f} s")
             print(notes[-1], flush=True)
-            grown = run_target(
-                f"service +{growth // 1000}k",
-                SERVICE_APP,
-                url,
-                **common,  # type: ignore[arg-type]
-            )
-            results.append(grown)
-            print(_row(grown), flush=True)
-        memory: Result | None = None
+        runs: dict[str, list[Result]] = {}
+        plan = [("ceiling", CEILING_APP, url), ("service", SERVICE_APP, url)]
+        if grown_url:
+            plan.append((f"service +{growth // 1000}k", SERVICE_APP, grown_url))
+        for _ in range(rounds):
+            for name, app, target_url in plan:
+                one = run_target(name, app, target_url, **common)  # type: ignore[arg-type]
+                print(_row(one), flush=True)
+                runs.setdefault(name, []).append(one)
+        merged = [_merge(name, parts) for name, parts in runs.items()]
+        results.extend(merged)
+        ceiling, service = merged[0], merged[1]
+        if grown_url:
+            grown = merged[2]
         if memory_events:
             memory = run_target(
                 f"memory {memory_events // 1000}k",
@@ -377,14 +460,18 @@ def main() -> int:
         f"- machine: {os.cpu_count()} cores (`nproc`), {platform.machine()}, "
         f"Python {platform.python_version()}, finished "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC after {time.time() - started:.0f} s\n"
-        f"- settings: concurrency {concurrency}, {seconds:.0f} s measured per target after "
-        f"{warmup:.0f} s warm-up, {customers} customers linked first, 10 % duplicates, "
-        f"WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}\n\n"
+        f"- settings: concurrency {concurrency}, {rounds} rounds of {seconds:.0f} s measured "
+        f"per target (targets alternate; rows add the rounds up) after {warmup:.0f} s "
+        f"warm-up, {customers} new customers linked first in each, 10 % duplicates, "
+        f"WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}, LOG_LEVEL=WARNING, "
+        f"growth database: {growth:,} stored events bulk-loaded\n\n"
         "Columns: answers = requests answered in the measured window; ids = distinct events "
         "sent in the whole run (link, warm-up, measured); accepted = distinct events answered "
         "200; stored = accepted events found in the database; applied = stored as "
-        "`processed`; audit = audit entries naming those events; missing = accepted - stored."
-        "\n\n" + report + "\n"
+        "`processed`; audit = audit entries naming those events; missing = accepted - stored; "
+        "web ms / db ms = CPU milliseconds per answered request in the gunicorn workers / in "
+        "the PostgreSQL backends of the database."
+        "\n\n" + report + "\n" + _memory_section(memory)
     )
     failed = [label for label, ok in checks if not ok]
     print(f"\nbench: {len(checks) - len(failed)} passed, {len(failed)} failed")
@@ -408,6 +495,30 @@ def _memory_checks(memory: Result) -> list[tuple[str, bool]]:
             (f"memory worker {pid}: {start:.1f} -> {end:.1f} MiB (+{growth:.1f})", growth <= 10)
         )
     return checks
+
+
+MEMORY_HEADING = "## Memory (BENCH_MEMORY_EVENTS)"
+
+
+def _memory_section(memory: Result | None) -> str:
+    """This run's RSS samples, or the section of the last run that had them."""
+    if memory is None:
+        previous = RESULTS.read_text() if RESULTS.exists() else ""
+        at = previous.find(MEMORY_HEADING)
+        return "\n" + previous[at:] if at >= 0 else ""
+    lines = [
+        MEMORY_HEADING,
+        "",
+        f"- command: `{_command()}`, finished {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- {memory.requests} requests at {memory.rate:.0f}/s, answers {memory.codes}",
+        "- RSS of each gunicorn worker (MiB) every sample:",
+    ]
+    pids = sorted({pid for _, sizes in memory.rss_samples for pid in sizes})
+    step = max(1, len(memory.rss_samples) // 12)
+    for t, sizes in memory.rss_samples[::step] + memory.rss_samples[-1:]:
+        lines.append(f"  - t={t:5.0f} s: " + ", ".join(f"{sizes.get(p, 0):.1f}" for p in pids))
+    lines += [f"- {'PASS' if ok else 'FAIL'} {label}" for label, ok in _memory_checks(memory)]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _command() -> str:

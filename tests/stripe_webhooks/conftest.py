@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +18,7 @@ from werkzeug.serving import make_server
 from service import create_app
 from service.config import Settings
 
+from ..helpers import TEST_SECRET
 from ..tcp_proxy import TcpProxy
 
 
@@ -31,6 +38,42 @@ def serve_in_thread(app: Flask) -> Iterator[str]:
 def live_server(app: Flask) -> Iterator[str]:
     """The application behind a real TCP socket, so requests run concurrently."""
     yield from serve_in_thread(app)
+
+
+@pytest.fixture
+def gunicorn_server(database_url: str) -> Iterator[str]:
+    """The service under gunicorn with 4 worker processes; yield its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "STRIPE_WEBHOOK_SECRET": TEST_SECRET,
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "gunicorn", "service:create_app()", "--workers", "4"]
+    server = subprocess.Popen(
+        [*command, "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("gunicorn did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.fixture

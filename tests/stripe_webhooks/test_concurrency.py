@@ -106,6 +106,20 @@ def test_simultaneous_deliveries_store_and_apply_once(
         assert counted_handler == [event["id"]]
 
 
+@pytest.mark.parametrize("customer", [None, "cus_multi"])
+def test_simultaneous_deliveries_to_several_processes_store_once(gunicorn_server, engine, customer):
+    """Four gunicorn worker processes: only the database can decide, and it does."""
+    data_object = {"object": "thing", "id": "x", "customer": customer}
+    event = make_event("test.concurrency.unknown", data_object)
+    answers = _deliver_at_once(gunicorn_server, json.dumps(event).encode(), DELIVERIES)
+    assert [status for status, _ in answers] == [200] * DELIVERIES, answers
+    outcomes = Counter(document["status"] for _, document in answers)
+    assert outcomes == {"ignored": 1, "duplicate": DELIVERIES - 1}
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, attempts FROM stripe_events")).all()
+    assert [(row.id, row.attempts) for row in rows] == [(event["id"], 1)]
+
+
 def test_simultaneous_deliveries_of_different_events_are_all_stored(live_server, engine):
     """Distinct events of one customer, delivered together: none lost, each stored once."""
     url = urlsplit(live_server)

@@ -97,7 +97,7 @@ def receive_stripe_event() -> tuple[Response, int]:
             with transaction(engine) as session:
                 status = receive(session, event, raw_json, context)
     except DataError as exc:
-        # PostgreSQL refused the JSON (a \u0000 in a string, NaN): the body is at fault.
+        # PostgreSQL refused the JSON (\u0000, a lone surrogate, NaN): the body is at fault.
         # Only the SQLSTATE and the first line: PostgreSQL's full message quotes the JSON.
         diag = getattr(exc.orig, "diag", None)
         log.info(
@@ -109,7 +109,9 @@ def receive_stripe_event() -> tuple[Response, int]:
             },
         )
         return error_response(
-            "invalid_payload", "The event's JSON cannot be stored (null character or NaN)", 400
+            "invalid_payload",
+            "The event's JSON cannot be stored (a null character, lone surrogate or NaN)",
+            400,
         )
     except SQLAlchemyError as exc:
         log.error(

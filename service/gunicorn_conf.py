@@ -12,6 +12,11 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+# Each worker touches a heartbeat file per request; in memory it cannot stall on a slow
+# or full disk (which makes the master think the worker hung), as gunicorn advises.
+_SHM = "/dev/shm"  # noqa: S108 - gunicorn creates its own unlinked file in it, mode 0600
+if os.path.isdir(_SHM):
+    worker_tmp_dir = _SHM
 
 # Prometheus: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and /metrics
 # adds them up, so a scrape sees the whole service rather than whichever worker answered.

@@ -31,6 +31,23 @@ def cli() -> None:
     """Receive Stripe billing webhooks and keep plans and API quotas in PostgreSQL."""
 
 
+def gunicorn_argv(bind: str, workers: int | None = None) -> list[str]:
+    """The command line that serves the application with this service's gunicorn settings."""
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "service:create_app()",
+        "-c",
+        "python:service.gunicorn_conf",
+        "--bind",
+        bind,
+    ]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    return args
+
+
 @click.command("serve")
 @click.option(
     "--bind",
@@ -45,19 +62,8 @@ def cli() -> None:
 )
 def serve(bind: str, workers: int | None) -> None:
     """Serve the application with gunicorn."""
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "service:create_app()",
-        "-c",
-        "python:service.gunicorn_conf",
-        "--bind",
-        bind,
-    ]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    os.execv(sys.executable, args)
+    args = gunicorn_argv(bind, workers)
+    os.execv(args[0], args)
 
 
 @click.group("db")

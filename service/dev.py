@@ -8,7 +8,6 @@ Never used in production, where the Procfile runs gunicorn with real settings.
 from __future__ import annotations
 
 import os
-import sys
 
 DEV_WEBHOOK_SECRET = "whsec_development_only_not_for_production"  # noqa: S105
 DEV_OPS_TOKEN = "ops-development-token"  # noqa: S105
@@ -56,19 +55,10 @@ Send a signed test event from another terminal:
 """,
         flush=True,
     )
-    os.execv(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "service:create_app()",
-            "-c",
-            "python:service.gunicorn_conf",
-            "--bind",
-            bind,
-        ],
-    )
+    from .cli import gunicorn_argv
+
+    args = gunicorn_argv(bind)
+    os.execv(args[0], args)
 
 
 if __name__ == "__main__":

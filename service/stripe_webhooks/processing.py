@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 DUPLICATE = "duplicate"
 # Longest wait between two retries of a failed event, whatever the attempt count.
 MAX_BACKOFF = timedelta(hours=6)
+
+
+def backoff_seconds(settings: Settings, attempt: int) -> float:
+    """How long to wait after attempt number `attempt` (1, 2, ...) before the next one.
+
+    Doubles with each attempt from WORKER_BACKOFF_SECONDS, at most MAX_BACKOFF. The delay
+    is added to the database's clock, the same clock the worker asks "is it due?" by, so
+    machines whose clocks disagree still share one schedule.
+    """
+    delay = settings.worker_backoff_seconds * 2.0 ** max(attempt - 1, 0)
+    return min(delay, MAX_BACKOFF.total_seconds())
+
 
 # Takes the customer's advisory lock (a no-op without a customer: the function is strict)
 # and stores the event in one round trip. The lock is taken before the row is inserted,
@@ -55,7 +67,8 @@ _RECORD_OUTCOME = text(
     """
     UPDATE stripe_events
        SET status = :status, attempts = attempts + :increment, last_error = :last_error,
-           next_attempt_at = :next_attempt_at, account_id = COALESCE(:account_id, account_id),
+           next_attempt_at = now() + make_interval(secs => CAST(:retry_in AS float8)),
+           account_id = COALESCE(:account_id, account_id),
            processed_at = CASE WHEN :status IN ('processed', 'ignored') THEN now()
                                WHEN :increment = 0 THEN NULL  -- stored as processed just now
                                ELSE processed_at END
@@ -195,7 +208,7 @@ def apply(
         status = outcome.status
         _log_outcome(event, status, outcome.account_id or recorded[1], error)
     else:
-        status = _record_outcome(
+        status = record_outcome(
             session, event, outcome, error, context.settings, counted=recorded is not None
         )
     if outcome.linked_customer_id:
@@ -210,7 +223,7 @@ def apply_waiting_events(session: Session, customer_id: str, context: Processing
         apply(session, event_from_payload(row.payload), context)
 
 
-def _record_outcome(
+def record_outcome(
     session: Session,
     event: Event,
     outcome: Outcome,
@@ -221,7 +234,7 @@ def _record_outcome(
 ) -> str:
     """Write the outcome of this attempt; `counted`: the row already counts the attempt."""
     status = outcome.status
-    next_attempt_at = None
+    retry_in: float | None = None
     increment = 0 if counted else 1
     if status == models.FAILED:
         # The attempt being recorded is number `attempt`; the backoff doubles each time.
@@ -234,11 +247,7 @@ def _record_outcome(
         if attempt >= settings.worker_max_attempts:
             status = models.DEAD
         else:
-            delay = min(
-                timedelta(seconds=settings.worker_backoff_seconds * 2 ** (attempt - 1)),
-                MAX_BACKOFF,
-            )
-            next_attempt_at = datetime.now(UTC) + delay
+            retry_in = backoff_seconds(settings, attempt)
     session.execute(
         _RECORD_OUTCOME,
         {
@@ -246,7 +255,7 @@ def _record_outcome(
             "status": status,
             "increment": increment,
             "last_error": error,
-            "next_attempt_at": next_attempt_at,
+            "retry_in": retry_in,
             "account_id": outcome.account_id,
         },
     )

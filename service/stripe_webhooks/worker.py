@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import Enum
 from typing import Final
 
@@ -36,10 +36,9 @@ from ..db import transaction
 from . import models
 from .handlers import Outcome
 from .payload import PayloadError, event_from_payload
-from .processing import MAX_BACKOFF, ProcessingContext, apply
 
 # The same recording (attempts, backoff, dead) as every other attempt: one formula.
-from .processing import _record_outcome as record_outcome
+from .processing import ProcessingContext, apply, backoff_seconds, record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ _CLAIM = text(
 )
 _DEFER_PENDING = text(
     """
-    UPDATE stripe_events SET next_attempt_at = :next_attempt_at
+    UPDATE stripe_events SET next_attempt_at = now() + make_interval(secs => :retry_in)
      WHERE id = :id AND status = 'pending'
     """
 )
@@ -133,13 +132,13 @@ class Worker:
         """Attempt every event due now, once each, then return (`webhooks worker --once`).
 
         Only events due when the drain starts are picked. An attempt that fails again
-        sets a later `next_attempt_at` (by this process's clock, like the cut-off), so
+        sets a later `next_attempt_at` (by the database's clock, like the cut-off), so
         even a zero backoff cannot keep a drain going. Candidates whose customer is busy,
         or whose row another worker holds, are passed over for the rest of the round and
         looked at again after a short pause, once nothing else is left.
         """
         result = DrainResult()
-        as_of = datetime.now(UTC)
+        as_of = self._database_now()
         passed_over: list[str] = []
         while not self.stop.is_set():
             candidates = self._candidates(as_of, passed_over)
@@ -235,6 +234,12 @@ class Worker:
             )
             return Attempt.DONE, status
 
+    def _database_now(self) -> datetime:
+        """The database's clock, by which retries are scheduled and found due."""
+        with self.engine.connect() as connection:
+            now: datetime = connection.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return now
+
     def _candidates(self, as_of: datetime, exclude: list[str]) -> list[tuple[str, str | None]]:
         with Session(self.engine) as session:
             rows = session.execute(
@@ -266,11 +271,8 @@ def _defer_pending(session: Session, event_id: str, context: ProcessingContext) 
     attempts = session.execute(
         text("SELECT attempts FROM stripe_events WHERE id = :id"), {"id": event_id}
     ).scalar_one()
-    delay = min(
-        timedelta(seconds=context.settings.worker_backoff_seconds * 2.0 ** max(attempts - 1, 0)),
-        MAX_BACKOFF,
-    )
-    session.execute(_DEFER_PENDING, {"id": event_id, "next_attempt_at": datetime.now(UTC) + delay})
+    retry_in = backoff_seconds(context.settings, attempts)
+    session.execute(_DEFER_PENDING, {"id": event_id, "retry_in": retry_in})
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from service import create_app
 from service.config import Settings
@@ -95,6 +96,7 @@ def run(database_url: str, seconds: float) -> Figures:
     client = app.test_client()
     codes: dict[int, int] = {}
     examples = {"parser": 0, "unsigned": 0, "signed": 0}
+    accepted_ids: set[str] = set()
 
     def post(body: bytes, header: str | None) -> None:
         headers_ = {"Content-Type": "application/json"}
@@ -104,6 +106,8 @@ def run(database_url: str, seconds: float) -> Figures:
         codes[response.status_code] = codes.get(response.status_code, 0) + 1
         assert response.status_code in ALLOWED, (response.status_code, response.get_data()[:300])
         assert response.is_json, "every answer is JSON"
+        if response.status_code == 200:
+            accepted_ids.add(response.get_json()["id"])
 
     common = settings(
         max_examples=60,
@@ -141,10 +145,22 @@ def run(database_url: str, seconds: float) -> Figures:
                 figures.problems.append(f"{test.__name__}: {type(exc).__name__}: {exc}"[:600])
         if figures.problems:
             break
+    # Every distinct event answered 200 must be in the database, whatever became of it.
+    with app.extensions["engine"].connect() as connection:
+        stored = connection.execute(
+            text(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'processed')"
+                " FROM stripe_events WHERE id = ANY(:ids)"
+            ),
+            {"ids": sorted(accepted_ids)},
+        ).one()
     app.extensions["engine"].dispose()
     figures.sent = sum(examples.values())
     figures.codes = codes
     figures.errors_500 = sum(n for code, n in codes.items() if code >= 500)
-    figures.accepted = figures.accepted_first = codes.get(200, 0)
+    figures.accepted = figures.accepted_first = len(accepted_ids)
+    figures.stored, figures.applied = stored[0], stored[1]
+    figures.lost = figures.accepted - figures.stored
+    figures.expect(figures.lost == 0, f"{figures.lost} accepted events are not stored")
     figures.notes.append(f"{seconds:.0f} s budget; examples {examples}; answers {codes}")
     return figures

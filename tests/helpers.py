@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
 from werkzeug.test import TestResponse
 
 from service.stripe_webhooks.signature import sign_header
@@ -69,3 +71,49 @@ def post_event(
     return client.post(
         "/webhooks/stripe", data=body, headers=signed_headers(body, secret, timestamp)
     )
+
+
+def store_event(
+    engine: Engine,
+    event: dict[str, Any],
+    *,
+    status: str,
+    attempts: int = 1,
+    next_attempt_at: datetime | None = None,
+    last_error: str | None = None,
+    account_id: str | None = None,
+    received_at: str | None = None,
+) -> str:
+    """Insert `event` as an earlier delivery would have left it, in `status`."""
+    obj = event["data"]["object"]
+    customer = obj.get("id") if obj.get("object") == "customer" else obj.get("customer")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                """
+                INSERT INTO stripe_events (id, type, created, livemode, api_version, payload,
+                       customer_id, status, attempts, next_attempt_at, last_error, account_id,
+                       received_at)
+                VALUES (:id, :type, to_timestamp(:created), :livemode, :api_version,
+                        CAST(:payload AS jsonb), :customer, :status, :attempts,
+                        :next_attempt_at, :last_error, :account_id,
+                        COALESCE(CAST(:received_at AS timestamptz), now()))
+                """
+            ),
+            {
+                "id": event["id"],
+                "type": event["type"],
+                "created": event["created"],
+                "livemode": event["livemode"],
+                "api_version": event["api_version"],
+                "payload": json.dumps(event),
+                "customer": customer,
+                "status": status,
+                "attempts": attempts,
+                "next_attempt_at": next_attempt_at,
+                "last_error": last_error,
+                "account_id": account_id,
+                "received_at": received_at,
+            },
+        )
+    return str(event["id"])

@@ -32,7 +32,7 @@ from service.stripe_webhooks.handlers import Outcome
 from service.stripe_webhooks.processing import ProcessingContext, lock_customer
 from service.stripe_webhooks.worker import Attempt, Worker
 
-from .helpers import TEST_SECRET, make_event, post_event
+from .helpers import TEST_SECRET, make_event, post_event, store_event
 from .tcp_proxy import TcpProxy
 
 FLAKY = "test.flaky"
@@ -79,44 +79,6 @@ def event_row(engine: Engine, event_id: str) -> Any:
             ),
             {"id": event_id},
         ).one()
-
-
-def store_event(
-    engine: Engine,
-    event: dict[str, Any],
-    *,
-    status: str,
-    attempts: int = 1,
-    next_attempt_at: datetime | None = None,
-    last_error: str | None = None,
-) -> None:
-    """Put an event row in place as an earlier delivery would have left it."""
-    obj = event["data"]["object"]
-    customer = obj.get("id") if obj.get("object") == "customer" else obj.get("customer")
-    with engine.begin() as c:
-        c.execute(
-            text(
-                """
-                INSERT INTO stripe_events (id, type, created, livemode, api_version, payload,
-                    customer_id, status, attempts, next_attempt_at, last_error)
-                VALUES (:id, :type, to_timestamp(:created), false, :api_version,
-                    CAST(:payload AS jsonb), :customer_id, :status, :attempts,
-                    :next_attempt_at, :last_error)
-                """
-            ),
-            {
-                "id": event["id"],
-                "type": event["type"],
-                "created": event["created"],
-                "api_version": event["api_version"],
-                "payload": json.dumps(event),
-                "customer_id": customer,
-                "status": status,
-                "attempts": attempts,
-                "next_attempt_at": next_attempt_at,
-                "last_error": last_error,
-            },
-        )
 
 
 def make_due(engine: Engine, event_id: str) -> None:

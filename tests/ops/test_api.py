@@ -7,10 +7,9 @@ from sqlalchemy import text
 
 from service import create_app
 
-from ..helpers import make_event, post_event
+from ..helpers import make_event, post_event, store_event
 from . import objects
 from .conftest import OPS_TOKEN
-from .events_util import store_event
 
 OPS_PATHS = [
     "/ops",

@@ -14,9 +14,8 @@ from service import create_app
 from service.cli import cli
 from service.ops.samples import SAMPLE_TYPES
 
-from ..helpers import TEST_SECRET, make_event, post_event
+from ..helpers import TEST_SECRET, make_event, post_event, store_event
 from . import objects
-from .events_util import store_event
 
 
 def run(runner, *args):

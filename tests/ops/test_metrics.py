@@ -16,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli import gunicorn_argv
 
-from ..helpers import TEST_SECRET, make_event, post_event, signed_headers
-from .events_util import store_event
+from ..helpers import TEST_SECRET, make_event, post_event, signed_headers, store_event
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -165,15 +165,19 @@ def search() -> WerkzeugResponse | str:
         )
 
 
+def _not_found(what: str, identifier: str) -> Response:
+    """The page saying no `what` is known by `identifier`, with status 404."""
+    return Response(
+        render_template("ops/not_found.html", what=what, identifier=identifier), status=404
+    )
+
+
 @bp.get("/accounts/<account_id>")
 def account(account_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = accounts.get_account(session, account_id)
         if found is None:
-            return Response(
-                render_template("ops/not_found.html", what="account", identifier=account_id),
-                status=404,
-            )
+            return _not_found("account", account_id)
         document = accounts.account_document(session, found)
         history = accounts.history_document(session, account_id)["entries"]
         invoices = [accounts.invoice_document(i) for i in accounts.invoices_of(session, found.id)]
@@ -192,12 +196,7 @@ def customer(customer_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = accounts.account_for_customer(session, customer_id)
         if found is None:
-            return Response(
-                render_template(
-                    "ops/not_found.html", what="account linked to customer", identifier=customer_id
-                ),
-                status=404,
-            )
+            return _not_found("account linked to customer", customer_id)
         return redirect(url_for("ops_pages.account", account_id=found.id))
 
 
@@ -232,10 +231,7 @@ def event(event_id: str) -> WerkzeugResponse | str:
     with transaction(_engine()) as session:
         found = events.get_event(session, event_id)
         if found is None:
-            return Response(
-                render_template("ops/not_found.html", what="event", identifier=event_id),
-                status=404,
-            )
+            return _not_found("event", event_id)
         return render_template(
             "ops/event.html", event=events.event_document(found), payload=found.payload
         )

@@ -24,6 +24,7 @@ from sqlalchemy import (
     SmallInteger,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +32,18 @@ from ..db import Base
 
 SOURCE_PLAN: Final = "plan"
 SOURCE_OVERRIDE: Final = "override"
+
+
+class AppliedSnapshot:
+    """The key of the newest snapshot applied to a Stripe object, compared by the upserts
+    in `billing.stripe_objects` (see `billing.ordering`), and the row's own timestamps."""
+
+    status_precedence: Mapped[int] = mapped_column(SmallInteger)
+    snapshot_digest: Mapped[str] = mapped_column(Text)
+    applied_event_id: Mapped[str | None] = mapped_column(Text)
+    applied_event_created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Plan(Base):
@@ -51,6 +64,8 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint("quota_source IN ('plan', 'override')", name="quota_source"),
         Index("ix_accounts_plan", "plan"),
+        # Ops search by email, case-insensitive (migration 0003).
+        Index("ix_accounts_email_lower", func.lower(text("email"))),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -68,7 +83,11 @@ class StripeCustomer(Base):
     """A Stripe customer linked to an account (a customer is stored once it is linked)."""
 
     __tablename__ = "stripe_customers"
-    __table_args__ = (Index("ix_stripe_customers_account_id", "account_id"),)
+    __table_args__ = (
+        Index("ix_stripe_customers_account_id", "account_id"),
+        # Ops search by email, case-insensitive (migration 0003).
+        Index("ix_stripe_customers_email_lower", func.lower(text("email"))),
+    )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     account_id: Mapped[str] = mapped_column(Text, ForeignKey("accounts.id", ondelete="CASCADE"))
@@ -82,7 +101,7 @@ class StripeCustomer(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class Subscription(Base):
+class Subscription(AppliedSnapshot, Base):
     """The newest applied snapshot of one Stripe subscription.
 
     `deleted` is set once the subscription has ended for good (`customer.subscription.deleted`,
@@ -110,15 +129,9 @@ class Subscription(Base):
     trial_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    status_precedence: Mapped[int] = mapped_column(SmallInteger)
-    snapshot_digest: Mapped[str] = mapped_column(Text)
-    applied_event_id: Mapped[str | None] = mapped_column(Text)
-    applied_event_created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class Invoice(Base):
+class Invoice(AppliedSnapshot, Base):
     """The newest applied snapshot of one Stripe invoice (what ops see about payments)."""
 
     __tablename__ = "invoices"
@@ -140,12 +153,6 @@ class Invoice(Base):
     next_payment_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
     billing_reason: Mapped[str | None] = mapped_column(Text)
-    status_precedence: Mapped[int] = mapped_column(SmallInteger)
-    snapshot_digest: Mapped[str] = mapped_column(Text)
-    applied_event_id: Mapped[str | None] = mapped_column(Text)
-    applied_event_created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class QuotaOverride(Base):

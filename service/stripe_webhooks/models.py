@@ -37,6 +37,17 @@ class StripeEvent(Base):
         ),
         Index("ix_stripe_events_customer_id", "customer_id"),
         Index("ix_stripe_events_received_at", "received_at"),
+        # The ops pages: an account's event timeline, and the failed-events list (0003).
+        Index(
+            "ix_stripe_events_account_id",
+            "account_id",
+            postgresql_where=text("account_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_stripe_events_needs_ops",
+            "received_at",
+            postgresql_where=text("status IN ('failed', 'dead')"),
+        ),
         Index(
             "ix_stripe_events_backlog",
             "status",

@@ -37,7 +37,9 @@ def create_app() -> Flask:
             state["conn"] = conn
         return conn
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    # Every worker runs this at boot; the lock keeps two from racing to create the table.
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (TABLE,))
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (id text PRIMARY KEY, payload jsonb NOT NULL)"
         )

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from psycopg.pq import TransactionStatus
@@ -116,9 +117,20 @@ def _shut_if_busy(dbapi_connection: Any, limit: float) -> None:
         log.warning("db.watchdog.connection_shut", extra={"after_seconds": limit})
 
 
+# The watchdog of each engine, for code that runs a call on a raw DBAPI connection of the
+# engine's pool (the webhook's direct path), where no SQLAlchemy event arms it.
+_WATCHDOGS: weakref.WeakKeyDictionary[Engine, Watchdog] = weakref.WeakKeyDictionary()
+
+
+def watchdog_of(engine: Engine) -> Watchdog:
+    """The watchdog `install` put on `engine`; raises KeyError when there is none."""
+    return _WATCHDOGS[engine]
+
+
 def install(engine: Engine, timeout: float) -> Watchdog:
     """Watch every connection of `engine`; calls outliving `timeout` + grace are ended."""
     watchdog = Watchdog(timeout + GRACE_SECONDS)
+    _WATCHDOGS[engine] = watchdog
 
     def arm_cursor(conn: Any, cursor: Any, *args: Any) -> None:
         watchdog.arm(cursor.connection)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .plans import Quota, effective_plan, effective_quota, load_catalogue
+from .plans import Quota
 
 
 class AccountNotFound(LookupError):
@@ -66,51 +66,11 @@ _ENSURE_ACCOUNT = text(
     """
 )
 
-# The account row, locked so concurrent recomputes of one account queue up. A separate
-# statement from the evidence below on purpose: under READ COMMITTED a statement that had
-# to wait for the lock still reads other tables as of its start, so the evidence must be
-# read by a statement that starts once the lock is held.
-_LOCK_ACCOUNT = text(
-    """
-    SELECT plan, requests_per_minute, monthly_requests, quota_source
-      FROM accounts WHERE id = :account_id
-       FOR UPDATE
-    """
-)
-# The evidence: the override and every subscription's (status, plan, deleted).
-_READ_EVIDENCE = text(
-    """
-    SELECT o.requests_per_minute AS override_rpm, o.monthly_requests AS override_monthly,
-           (SELECT coalesce(json_agg(json_build_array(s.status, s.plan, s.deleted)), '[]')
-              FROM subscriptions s WHERE s.account_id = :account_id) AS subscriptions
-      FROM (SELECT 1) AS one
-      LEFT JOIN quota_overrides o ON o.account_id = :account_id
-    """
-)
-
-# One round trip: the new state and the audit entry describing the change.
-_WRITE_CHANGE = text(
-    """
-    WITH before AS (
-        SELECT id, plan, requests_per_minute, monthly_requests, quota_source
-          FROM accounts WHERE id = :account_id
-    ), changed AS (
-        UPDATE accounts
-           SET plan = :plan, requests_per_minute = :rpm, monthly_requests = :monthly,
-               quota_source = :source, updated_at = now(),
-               plan_since = CASE WHEN plan = :plan THEN plan_since ELSE now() END
-         WHERE id = :account_id
-        RETURNING id
-    )
-    INSERT INTO audit_log (account_id, plan_before, plan_after,
-                           requests_per_minute_before, requests_per_minute_after,
-                           monthly_requests_before, monthly_requests_after,
-                           quota_source_before, quota_source_after,
-                           cause_event_id, cause_ops_action)
-    SELECT b.id, b.plan, :plan, b.requests_per_minute, :rpm, b.monthly_requests, :monthly,
-           b.quota_source, :source, :cause_event_id, :cause_ops_action
-      FROM before b JOIN changed c ON c.id = b.id
-    """
+# The rules (plan from subscriptions, quota from plan or override, audit on change) are
+# the SQL function of migration 0004, so the webhook's direct path applies them in the
+# same round trip as storing the event. It returns no row for an unknown account.
+_RECOMPUTE = text(
+    "SELECT * FROM billing_recompute_account(:account_id, :cause_event_id, :cause_ops_action)"
 )
 
 
@@ -133,43 +93,25 @@ def recompute_account(session: Session, account_id: str, cause: Cause) -> Accoun
     plan, the quota or its source changed. Locks the account row until the transaction
     ends. Raises `AccountNotFound`.
     """
-    row: Any = session.execute(_LOCK_ACCOUNT, {"account_id": account_id}).first()
+    row: Any = session.execute(
+        _RECOMPUTE,
+        {
+            "account_id": account_id,
+            "cause_event_id": cause.event_id,
+            "cause_ops_action": cause.ops_action,
+        },
+    ).first()
     if row is None:
         raise AccountNotFound(f"No account {account_id!r}")
-    evidence: Any = session.execute(_READ_EVIDENCE, {"account_id": account_id}).one()
-    catalogue = load_catalogue(session)
-    plan = effective_plan(
-        ((status, plan, bool(deleted)) for status, plan, deleted in evidence.subscriptions),
-        catalogue,
-    )
-    override = (
-        (evidence.override_rpm, evidence.override_monthly)
-        if evidence.override_rpm is not None
-        else None
-    )
-    quota = effective_quota(catalogue[plan], override)
-    state = AccountState(plan, quota)
-    current = AccountState(
+    return AccountState(
         row.plan, Quota(row.requests_per_minute, row.monthly_requests, row.quota_source)
     )
-    if state != current:
-        session.execute(
-            _WRITE_CHANGE,
-            {
-                "account_id": account_id,
-                "plan": plan,
-                "rpm": quota.requests_per_minute,
-                "monthly": quota.monthly_requests,
-                "source": quota.source,
-                "cause_event_id": cause.event_id,
-                "cause_ops_action": cause.ops_action,
-            },
-        )
-    return state
 
 
 def _lock_account(session: Session, account_id: str) -> None:
-    found = session.execute(_LOCK_ACCOUNT, {"account_id": account_id}).first()
+    found = session.execute(
+        text("SELECT 1 FROM accounts WHERE id = :account_id FOR UPDATE"), {"account_id": account_id}
+    ).first()
     if found is None:
         raise AccountNotFound(f"No account {account_id!r}")
 

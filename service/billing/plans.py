@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from .models import SOURCE_OVERRIDE, SOURCE_PLAN
@@ -153,18 +153,26 @@ def plan_for_prices(
 # once a minute instead of on every event.
 _CATALOGUE_TTL_SECONDS = 60.0
 _catalogue_cache: dict[str, tuple[float, dict[str, PlanTier]]] = {}
+_SELECT_PLANS = text("SELECT name, rank, requests_per_minute, monthly_requests FROM plans")
 
 
-def load_catalogue(session: Session) -> Catalogue:
-    """The plan catalogue from the `plans` table, cached per database for a minute."""
-    key = str(session.get_bind().engine.url)
+def load_catalogue(bind: Session | Engine) -> Catalogue:
+    """The plan catalogue from the `plans` table, cached per database for a minute.
+
+    Given a session, a stale cache is refreshed inside its transaction; given an engine,
+    on a connection of its own.
+    """
+    engine = bind if isinstance(bind, Engine) else bind.get_bind().engine
+    key = str(engine.url)
     now = time.monotonic()
     cached = _catalogue_cache.get(key)
     if cached is not None and now - cached[0] < _CATALOGUE_TTL_SECONDS:
         return cached[1]
-    rows: Any = session.execute(
-        text("SELECT name, rank, requests_per_minute, monthly_requests FROM plans")
-    ).all()
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            rows: Any = connection.execute(_SELECT_PLANS).all()
+    else:
+        rows = bind.execute(_SELECT_PLANS).all()
     catalogue = {
         row.name: PlanTier(row.name, row.rank, row.requests_per_minute, row.monthly_requests)
         for row in rows

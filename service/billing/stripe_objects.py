@@ -14,6 +14,7 @@ whose customer is not linked is reported with `account_id=None`: the webhook kee
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from sqlalchemy.orm import Session
 from ..stripe_api import StripeObjectNotFound
 from .accounts import Cause, ensure_account, recompute_account
 from .ordering import invoice_precedence, subscription_precedence
-from .plans import grants_access, load_catalogue, plan_for_prices
+from .plans import load_catalogue, plan_for_prices
 from .snapshots import (
+    CustomerSnapshot,
+    InvoiceSnapshot,
     SubscriptionSnapshot,
     parse_checkout_session,
     parse_customer,
@@ -59,8 +62,24 @@ class SnapshotResult:
     linked_customer_id: str | None = None
 
 
-def _ts(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+def _epoch(seconds: int | None) -> int | None:
+    """A Stripe timestamp as the SQL functions take it; raises when no timestamp can hold it.
+
+    Checked here so an absurd value fails this event with a clear error instead of a
+    database error.
+    """
+    if seconds is not None:
+        datetime.fromtimestamp(seconds, UTC)  # OverflowError, ValueError or OSError
+    return seconds
+
+
+def snapshot_json(record: Mapping[str, Any]) -> str:
+    """A snapshot record as the `jsonb` argument of the SQL functions (migration 0004)."""
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _cause_fields(cause: Cause) -> dict[str, Any]:
+    return {"event_id": cause.event_id, "ops_action": cause.ops_action}
 
 
 # --- customers and links ---------------------------------------------------------------
@@ -120,28 +139,20 @@ def link_customer(
     return Link(row.account_id, created=bool(row.inserted))
 
 
-_APPLY_CUSTOMER = text(
-    """
-    WITH c AS (
-        UPDATE stripe_customers AS c
-           SET email = :email, name = :name, deleted = :deleted,
-               applied_event_id = :event_id, applied_event_created = :created,
-               snapshot_digest = :digest, updated_at = now()
-         WHERE c.id = :customer_id
-           AND (CAST(:deleted AS boolean), CAST(:created AS timestamptz), CAST(:digest AS text),
-                coalesce(CAST(:event_id AS text), ''))
-             > (c.deleted, coalesce(c.applied_event_created, '-infinity'),
-                coalesce(c.snapshot_digest, ''), coalesce(c.applied_event_id, ''))
-        RETURNING c.account_id
-    ), a AS (
-        UPDATE accounts SET email = :email
-          FROM c
-         WHERE accounts.id = c.account_id AND CAST(:email AS text) IS NOT NULL
-           AND accounts.email IS DISTINCT FROM :email
-    )
-    SELECT account_id FROM c
-    """
-)
+_APPLY_CUSTOMER = text("SELECT * FROM billing_apply_customer(CAST(:snapshot AS jsonb))")
+
+
+def customer_record(snap: CustomerSnapshot, *, created: int, cause: Cause) -> dict[str, Any]:
+    """The argument of `billing_apply_customer`."""
+    return {
+        "id": snap.id,
+        "email": snap.email,
+        "name": snap.name,
+        "deleted": snap.deleted,
+        "snapshot_digest": snap.digest,
+        "created": _epoch(created),
+        **_cause_fields(cause),
+    }
 
 
 def apply_customer_snapshot(
@@ -159,22 +170,9 @@ def apply_customer_snapshot(
     `customer.subscription.deleted` events.
     """
     snap = parse_customer(customer, deleted_event=deleted_event)
-    account_id = customer_account(session, snap.id)
-    if account_id is None:
-        return SnapshotResult(None, applied=False)
-    applied = session.execute(
-        _APPLY_CUSTOMER,
-        {
-            "customer_id": snap.id,
-            "email": snap.email,
-            "name": snap.name,
-            "deleted": snap.deleted,
-            "event_id": cause.event_id,
-            "created": _ts(created),
-            "digest": snap.digest,
-        },
-    ).first()
-    return SnapshotResult(account_id, applied=applied is not None)
+    record = customer_record(snap, created=created, cause=cause)
+    row: Any = session.execute(_APPLY_CUSTOMER, {"snapshot": snapshot_json(record)}).one()
+    return SnapshotResult(row.account_id, applied=bool(row.applied))
 
 
 def apply_checkout_session(session: Session, checkout: dict[str, Any]) -> SnapshotResult:
@@ -196,66 +194,13 @@ def apply_checkout_session(session: Session, checkout: dict[str, Any]) -> Snapsh
 
 # --- subscriptions ---------------------------------------------------------------------
 
-# One round trip: the customer's account, the stored row before (locked) and the ordered
-# upsert. Nothing is written while the customer is unlinked (`account_id` comes back NULL).
-_UPSERT_SUBSCRIPTION = text(
-    """
-    WITH link AS (
-        SELECT account_id FROM stripe_customers WHERE id = :customer_id
-    ), old AS (
-        SELECT account_id, status, plan, deleted, applied_event_created, applied_event_id,
-               snapshot_digest
-          FROM subscriptions WHERE id = :id FOR UPDATE
-    ), up AS (
-        INSERT INTO subscriptions AS s
-               (id, customer_id, account_id, status, price_id, plan,
-                current_period_start, current_period_end, cancel_at_period_end, cancel_at,
-                canceled_at, ended_at, trial_start, trial_end, deleted,
-                status_precedence, snapshot_digest, applied_event_id, applied_event_created)
-        SELECT CAST(:id AS text), CAST(:customer_id AS text), link.account_id,
-               CAST(:status AS text), CAST(:price_id AS text), CAST(:plan AS text),
-               CAST(:current_period_start AS timestamptz),
-               CAST(:current_period_end AS timestamptz),
-               CAST(:cancel_at_period_end AS boolean), CAST(:cancel_at AS timestamptz),
-               CAST(:canceled_at AS timestamptz), CAST(:ended_at AS timestamptz),
-               CAST(:trial_start AS timestamptz), CAST(:trial_end AS timestamptz),
-               CAST(:deleted AS boolean), CAST(:status_precedence AS smallint),
-               CAST(:snapshot_digest AS text), CAST(:event_id AS text),
-               CAST(:created AS timestamptz)
-          FROM link
-        ON CONFLICT (id) DO UPDATE
-           SET customer_id = EXCLUDED.customer_id, account_id = EXCLUDED.account_id,
-               status = EXCLUDED.status, price_id = EXCLUDED.price_id, plan = EXCLUDED.plan,
-               current_period_start = EXCLUDED.current_period_start,
-               current_period_end = EXCLUDED.current_period_end,
-               cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-               cancel_at = EXCLUDED.cancel_at, canceled_at = EXCLUDED.canceled_at,
-               ended_at = EXCLUDED.ended_at, trial_start = EXCLUDED.trial_start,
-               trial_end = EXCLUDED.trial_end, deleted = EXCLUDED.deleted,
-               status_precedence = EXCLUDED.status_precedence,
-               snapshot_digest = EXCLUDED.snapshot_digest,
-               applied_event_id = EXCLUDED.applied_event_id,
-               applied_event_created = EXCLUDED.applied_event_created,
-               updated_at = now()
-         WHERE (CAST(:force AS boolean) AND (NOT s.deleted OR EXCLUDED.deleted))
-            OR (EXCLUDED.deleted, EXCLUDED.applied_event_created, EXCLUDED.status_precedence,
-                EXCLUDED.snapshot_digest, coalesce(EXCLUDED.applied_event_id, ''))
-             > (s.deleted, s.applied_event_created, s.status_precedence,
-                s.snapshot_digest, coalesce(s.applied_event_id, ''))
-        RETURNING s.id
-    )
-    SELECT (SELECT account_id FROM link) AS account_id,
-           EXISTS (SELECT 1 FROM up) AS applied,
-           old.account_id AS old_account_id, old.status AS old_status, old.plan AS old_plan,
-           old.deleted AS old_deleted, old.applied_event_created AS old_created,
-           old.applied_event_id AS old_event_id, old.snapshot_digest AS old_digest
-      FROM (SELECT 1) AS one LEFT JOIN old ON true
-    """
+# One round trip: the ordered upsert, then the account's recompute when it was applied.
+_APPLY_SUBSCRIPTION = text(
+    "SELECT * FROM billing_apply_subscription(CAST(:snapshot AS jsonb), :force, :defer_on_tie)"
 )
 
 
-def _upsert_subscription(
-    session: Session,
+def subscription_record(
     snap: SubscriptionSnapshot,
     *,
     plan: str,
@@ -263,31 +208,36 @@ def _upsert_subscription(
     deleted: bool,
     created: int,
     cause: Cause,
-    force: bool,
+) -> dict[str, Any]:
+    """The argument of `billing_apply_subscription`: the columns and the ordering key."""
+    return {
+        "id": snap.id,
+        "customer_id": snap.customer_id,
+        "status": snap.status,
+        "price_id": price_id,
+        "plan": plan,
+        "current_period_start": _epoch(snap.current_period_start),
+        "current_period_end": _epoch(snap.current_period_end),
+        "cancel_at_period_end": snap.cancel_at_period_end,
+        "cancel_at": _epoch(snap.cancel_at),
+        "canceled_at": _epoch(snap.canceled_at),
+        "ended_at": _epoch(snap.ended_at),
+        "trial_start": _epoch(snap.trial_start),
+        "trial_end": _epoch(snap.trial_end),
+        "deleted": deleted,
+        "status_precedence": subscription_precedence(snap.status),
+        "snapshot_digest": snap.digest,
+        "created": _epoch(created),
+        **_cause_fields(cause),
+    }
+
+
+def _apply_subscription(
+    session: Session, record: dict[str, Any], *, force: bool, defer_on_tie: bool
 ) -> Any:
     return session.execute(
-        _UPSERT_SUBSCRIPTION,
-        {
-            "id": snap.id,
-            "customer_id": snap.customer_id,
-            "status": snap.status,
-            "price_id": price_id,
-            "plan": plan,
-            "current_period_start": _ts(snap.current_period_start),
-            "current_period_end": _ts(snap.current_period_end),
-            "cancel_at_period_end": snap.cancel_at_period_end,
-            "cancel_at": _ts(snap.cancel_at),
-            "canceled_at": _ts(snap.canceled_at),
-            "ended_at": _ts(snap.ended_at),
-            "trial_start": _ts(snap.trial_start),
-            "trial_end": _ts(snap.trial_end),
-            "deleted": deleted,
-            "status_precedence": subscription_precedence(snap.status),
-            "snapshot_digest": snap.digest,
-            "event_id": cause.event_id,
-            "created": _ts(created),
-            "force": force,
-        },
+        _APPLY_SUBSCRIPTION,
+        {"snapshot": snapshot_json(record), "force": force, "defer_on_tie": defer_on_tie},
     ).one()
 
 
@@ -314,72 +264,60 @@ def apply_subscription_snapshot(
     catalogue = load_catalogue(session)
     plan, price_id = plan_for_prices(snap.prices, plan_price_map, catalogue)
     deleted = snap.ended(deleted_event)
-
-    def upsert(
-        snapshot: SubscriptionSnapshot, plan: str, price: str | None, gone: bool, force: bool
-    ) -> Any:
-        return _upsert_subscription(
-            session,
-            snapshot,
-            plan=plan,
-            price_id=price,
-            deleted=gone,
-            created=created,
-            cause=cause,
-            force=force,
-        )
-
-    row = upsert(snap, plan, price_id, deleted, False)
+    record = subscription_record(
+        snap, plan=plan, price_id=price_id, deleted=deleted, created=created, cause=cause
+    )
+    # With an API client, a same-second tie is stored by the rule but the account is left
+    # alone (`tie`), until Stripe's answer below is stored.
+    defer = stripe_api is not None
+    row = _apply_subscription(session, record, force=False, defer_on_tie=defer)
     linked = None
     if row.account_id is None:
         if snap.account_id_hint is None:
             return SnapshotResult(None, applied=False)
         link = link_customer(session, snap.customer_id, snap.account_id_hint)
         linked = snap.customer_id if link.created else None
-        row = upsert(snap, plan, price_id, deleted, False)
+        row = _apply_subscription(session, record, force=False, defer_on_tie=defer)
     account_id: str = row.account_id
     applied = bool(row.applied)
-    final = (snap.status, plan, deleted)
-    # Two different snapshots of one second: only Stripe knows which came last.
-    tie = (
-        row.old_created is not None
-        and int(row.old_created.timestamp()) == created
-        and row.old_event_id != cause.event_id
-        and row.old_digest != snap.digest
-    )
-    fetched_obj = _refetch(stripe_api, snap.id, cause) if tie and stripe_api is not None else None
-    if fetched_obj is not None:
-        fetched = parse_subscription(fetched_obj)
-        fetched_plan, fetched_price = plan_for_prices(fetched.prices, plan_price_map, catalogue)
-        fetched_deleted = fetched.ended() or deleted
-        refetched = upsert(fetched, fetched_plan, fetched_price, fetched_deleted, True)
-        log.info(
-            "billing.subscription.refetched",
-            extra={
-                "subscription_id": snap.id,
-                "event_id": cause.event_id,
-                "status": fetched.status,
-            },
-        )
-        if refetched.applied:
-            applied = True
-            final = (fetched.status, fetched_plan, fetched_deleted)
+    if row.tie and stripe_api is not None:
+        fetched_obj = _refetch(stripe_api, snap.id, cause)
+        if fetched_obj is not None:
+            fetched = parse_subscription(fetched_obj)
+            fetched_plan, fetched_price = plan_for_prices(fetched.prices, plan_price_map, catalogue)
+            refetched = _apply_subscription(
+                session,
+                subscription_record(
+                    fetched,
+                    plan=fetched_plan,
+                    price_id=fetched_price,
+                    deleted=fetched.ended() or deleted,
+                    created=created,
+                    cause=cause,
+                ),
+                force=True,
+                defer_on_tie=False,
+            )
+            log.info(
+                "billing.subscription.refetched",
+                extra={
+                    "subscription_id": snap.id,
+                    "event_id": cause.event_id,
+                    "status": fetched.status,
+                },
+            )
+            applied = applied or bool(refetched.applied)
+        if applied:
+            # The deferred call did not recompute; whichever snapshot is stored now counts.
+            recompute_account(session, account_id, cause)
+            if row.old_account_id is not None and row.old_account_id != account_id:
+                recompute_account(session, row.old_account_id, cause)
     if not applied:
         log.debug(
             "billing.subscription.skipped",
             extra={"subscription_id": snap.id, "event_id": cause.event_id},
         )
-        return SnapshotResult(account_id, applied=False, linked_customer_id=linked)
-    # The account's plan depends only on what each subscription grants, so a change that
-    # grants the same (active -> past_due, a new period) needs no recompute.
-    before = (
-        None if row.old_status is None else _grants(row.old_status, row.old_plan, row.old_deleted)
-    )
-    if before != _grants(*final) or row.old_account_id != account_id:
-        recompute_account(session, account_id, cause)
-        if row.old_account_id is not None and row.old_account_id != account_id:
-            recompute_account(session, row.old_account_id, cause)
-    return SnapshotResult(account_id, applied=True, linked_customer_id=linked)
+    return SnapshotResult(account_id, applied=applied, linked_customer_id=linked)
 
 
 def _refetch(
@@ -400,55 +338,31 @@ def _refetch(
         return None
 
 
-def _grants(status: str, plan: str, deleted: bool) -> str | None:
-    """The plan a subscription in this state grants its account, if any."""
-    return plan if grants_access(status, deleted) else None
-
-
 # --- invoices --------------------------------------------------------------------------
 
-_UPSERT_INVOICE = text(
-    """
-    WITH link AS (
-        SELECT account_id FROM stripe_customers WHERE id = :customer_id
-    ), up AS (
-    INSERT INTO invoices AS i
-           (id, customer_id, account_id, subscription_id, status, amount_due, amount_paid,
-            amount_remaining, currency, attempt_count, next_payment_attempt,
-            hosted_invoice_url, billing_reason, status_precedence, snapshot_digest,
-            applied_event_id, applied_event_created)
-    SELECT CAST(:id AS text), CAST(:customer_id AS text), link.account_id,
-           CAST(:subscription_id AS text), CAST(:status AS text), CAST(:amount_due AS bigint),
-           CAST(:amount_paid AS bigint), CAST(:amount_remaining AS bigint),
-           CAST(:currency AS text), CAST(:attempt_count AS integer),
-           CAST(:next_payment_attempt AS timestamptz), CAST(:hosted_invoice_url AS text),
-           CAST(:billing_reason AS text), CAST(:status_precedence AS smallint),
-           CAST(:snapshot_digest AS text), CAST(:event_id AS text),
-           CAST(:created AS timestamptz)
-      FROM link
-    ON CONFLICT (id) DO UPDATE
-       SET customer_id = EXCLUDED.customer_id, account_id = EXCLUDED.account_id,
-           subscription_id = coalesce(EXCLUDED.subscription_id, i.subscription_id),
-           status = EXCLUDED.status, amount_due = EXCLUDED.amount_due,
-           amount_paid = EXCLUDED.amount_paid, amount_remaining = EXCLUDED.amount_remaining,
-           currency = EXCLUDED.currency, attempt_count = EXCLUDED.attempt_count,
-           next_payment_attempt = EXCLUDED.next_payment_attempt,
-           hosted_invoice_url = EXCLUDED.hosted_invoice_url,
-           billing_reason = EXCLUDED.billing_reason,
-           status_precedence = EXCLUDED.status_precedence,
-           snapshot_digest = EXCLUDED.snapshot_digest,
-           applied_event_id = EXCLUDED.applied_event_id,
-           applied_event_created = EXCLUDED.applied_event_created,
-           updated_at = now()
-     WHERE (EXCLUDED.status_precedence, EXCLUDED.applied_event_created,
-            EXCLUDED.snapshot_digest, coalesce(EXCLUDED.applied_event_id, ''))
-         > (i.status_precedence, i.applied_event_created, i.snapshot_digest,
-            coalesce(i.applied_event_id, ''))
-    RETURNING i.id
-    )
-    SELECT (SELECT account_id FROM link) AS account_id, EXISTS (SELECT 1 FROM up) AS applied
-    """
-)
+_APPLY_INVOICE = text("SELECT * FROM billing_apply_invoice(CAST(:snapshot AS jsonb))")
+
+
+def invoice_record(snap: InvoiceSnapshot, *, created: int, cause: Cause) -> dict[str, Any]:
+    """The argument of `billing_apply_invoice`: the columns and the ordering key."""
+    return {
+        "id": snap.id,
+        "customer_id": snap.customer_id,
+        "subscription_id": snap.subscription_id,
+        "status": snap.status,
+        "amount_due": snap.amount_due,
+        "amount_paid": snap.amount_paid,
+        "amount_remaining": snap.amount_remaining,
+        "currency": snap.currency,
+        "attempt_count": snap.attempt_count,
+        "next_payment_attempt": _epoch(snap.next_payment_attempt),
+        "hosted_invoice_url": snap.hosted_invoice_url,
+        "billing_reason": snap.billing_reason,
+        "status_precedence": invoice_precedence(snap.status),
+        "snapshot_digest": snap.digest,
+        "created": _epoch(created),
+        **_cause_fields(cause),
+    }
 
 
 def apply_invoice_snapshot(
@@ -461,30 +375,13 @@ def apply_invoice_snapshot(
     changes (`past_due`, `active`), which `apply_subscription_snapshot` handles.
     """
     snap = parse_invoice(invoice)
-    params = {
-        "id": snap.id,
-        "customer_id": snap.customer_id,
-        "subscription_id": snap.subscription_id,
-        "status": snap.status,
-        "amount_due": snap.amount_due,
-        "amount_paid": snap.amount_paid,
-        "amount_remaining": snap.amount_remaining,
-        "currency": snap.currency,
-        "attempt_count": snap.attempt_count,
-        "next_payment_attempt": _ts(snap.next_payment_attempt),
-        "hosted_invoice_url": snap.hosted_invoice_url,
-        "billing_reason": snap.billing_reason,
-        "status_precedence": invoice_precedence(snap.status),
-        "snapshot_digest": snap.digest,
-        "event_id": cause.event_id,
-        "created": _ts(created),
-    }
-    row: Any = session.execute(_UPSERT_INVOICE, params).one()
+    params = {"snapshot": snapshot_json(invoice_record(snap, created=created, cause=cause))}
+    row: Any = session.execute(_APPLY_INVOICE, params).one()
     linked = None
     if row.account_id is None:
         if snap.account_id_hint is None:
             return SnapshotResult(None, applied=False)
         link = link_customer(session, snap.customer_id, snap.account_id_hint)
         linked = snap.customer_id if link.created else None
-        row = session.execute(_UPSERT_INVOICE, params).one()
+        row = session.execute(_APPLY_INVOICE, params).one()
     return SnapshotResult(row.account_id, applied=bool(row.applied), linked_customer_id=linked)

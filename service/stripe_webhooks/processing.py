@@ -124,7 +124,7 @@ def receive(
     it fails: the webhook view then rolls back and receives the event again, isolated.
     """
     customer_id = event.customer_id
-    expected = _expected_outcome(event, context)
+    expected = expected_outcome(event, context)
     inserted = session.execute(
         _INSERT_EVENT,
         {
@@ -153,7 +153,7 @@ def receive(
     return apply(session, event, context, recorded=recorded, isolate=isolate)
 
 
-def _expected_outcome(event: Event, context: ProcessingContext) -> tuple[str, str | None]:
+def expected_outcome(event: Event, context: ProcessingContext) -> tuple[str, str | None]:
     """The status (and error) an event gets unless its handler says otherwise."""
     wanted_mode = context.settings.livemode
     if wanted_mode is not None and event.livemode != wanted_mode:
@@ -182,7 +182,7 @@ def apply(
     `receive` stored it with the expected outcome: the row is only written again when the
     outcome differs. `isolate=False`: see `receive`.
     """
-    status, error = _expected_outcome(event, context)
+    status, error = expected_outcome(event, context)
     handler = HANDLERS.get(event.type)
     if status == models.IGNORED or handler is None:
         outcome = Outcome(models.IGNORED)
@@ -206,7 +206,7 @@ def apply(
         and outcome.account_id in (None, recorded[1])
     ):
         status = outcome.status
-        _log_outcome(event, status, outcome.account_id or recorded[1], error)
+        log_outcome(event, status, outcome.account_id or recorded[1], error)
     else:
         status = record_outcome(
             session, event, outcome, error, context.settings, counted=recorded is not None
@@ -259,11 +259,11 @@ def record_outcome(
             "account_id": outcome.account_id,
         },
     )
-    _log_outcome(event, status, outcome.account_id, error)
+    log_outcome(event, status, outcome.account_id, error)
     return status
 
 
-def _log_outcome(event: Event, status: str, account_id: str | None, error: str | None) -> None:
+def log_outcome(event: Event, status: str, account_id: str | None, error: str | None) -> None:
     level = logging.WARNING if status in (models.FAILED, models.DEAD) else logging.INFO
     log.log(
         level,

@@ -11,6 +11,7 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -18,8 +19,15 @@ from ..db import transaction
 from ..errors import error_response
 from ..metrics import SIGNATURE_FAILURES, observe_webhook
 from . import models
-from .payload import PayloadError, parse_event
-from .processing import HandlerFailed, ProcessingContext, receive
+from .direct import DatabaseUnavailable, receive_direct
+from .payload import Event, PayloadError, parse_event
+from .processing import (
+    HandlerFailed,
+    ProcessingContext,
+    expected_outcome,
+    log_outcome,
+    receive,
+)
 from .signature import SignatureError, verify
 
 log = logging.getLogger(__name__)
@@ -88,14 +96,14 @@ def receive_stripe_event() -> tuple[Response, int]:
     started = time.perf_counter()
     engine = current_app.extensions["engine"]
     try:
-        try:
-            # Without a savepoint around the handler: two round trips fewer per event.
-            with transaction(engine) as session:
-                status = receive(session, event, raw_json, context, isolate=False)
-        except HandlerFailed:
-            # Rolled back; again with the handler isolated, so the failure is recorded.
-            with transaction(engine) as session:
-                status = receive(session, event, raw_json, context)
+        direct = None
+        if expected_outcome(event, context)[0] == models.PROCESSED:
+            direct = receive_direct(engine, event, raw_json, context)
+        if direct is not None:
+            status = direct.status
+            log_outcome(event, status, direct.account_id, None)
+        else:
+            status = _receive_full(engine, event, raw_json, context)
     except DataError as exc:
         # PostgreSQL refused the JSON (\u0000, a lone surrogate, NaN): the body is at fault.
         # Only the SQLSTATE and the first line: PostgreSQL's full message quotes the JSON.
@@ -113,7 +121,7 @@ def receive_stripe_event() -> tuple[Response, int]:
             "The event's JSON cannot be stored (a null character, lone surrogate or NaN)",
             400,
         )
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DatabaseUnavailable) as exc:
         log.error(
             "stripe.event.store_failed",
             extra={"event_id": event.id, "event_type": event.type, "error": type(exc).__name__},
@@ -126,3 +134,15 @@ def receive_stripe_event() -> tuple[Response, int]:
     observe_webhook(event.type, status, time.perf_counter() - started)
     answered = models.FAILED if status == models.DEAD else status
     return jsonify(received=True, id=event.id, status=answered), 200
+
+
+def _receive_full(engine: Engine, event: Event, raw_json: str, context: ProcessingContext) -> str:
+    """Store and apply the event through the handler table (`processing.receive`)."""
+    try:
+        # Without a savepoint around the handler: two round trips fewer per event.
+        with transaction(engine) as session:
+            return receive(session, event, raw_json, context, isolate=False)
+    except HandlerFailed:
+        # Rolled back; again with the handler isolated, so the failure is recorded.
+        with transaction(engine) as session:
+            return receive(session, event, raw_json, context)

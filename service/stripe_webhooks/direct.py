@@ -1,0 +1,188 @@
+"""The direct path: store an event and apply it in one statement, one round trip.
+
+Most deliveries are a subscription, invoice or customer snapshot of a customer already
+linked to an account. For those the webhook computes the snapshot record in Python (the
+same `*_record` functions the full path uses) and calls the SQL function
+`stripe_receive_event` (migration 0004) on a pooled connection in autocommit mode. The
+function takes the customer's lock, stores the event as `processed` and calls the same
+`billing_apply_*` functions as the full path, so both paths apply one set of rules; a
+statement is its own transaction, so the event and its effects commit together or not
+at all.
+
+Everything else takes the full path (`processing.receive`): event types without a
+direct kind, an event whose snapshot does not parse or whose price maps to no plan (the
+full path records the failure), and the cases the function refuses with SQLSTATE WH001
+after rolling back: a customer not linked yet, an event stored earlier but not settled,
+a same-second tie that needs Stripe's answer.
+
+Why not through the session: SQLAlchemy's session and transaction scope cost several
+times the statement itself, and BEGIN and COMMIT are round trips of their own
+(`make bench` measures both paths).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from sqlalchemy import Engine
+
+from ..billing.accounts import Cause
+from ..billing.plans import load_catalogue, plan_for_prices
+from ..billing.snapshots import parse_customer, parse_invoice, parse_subscription
+from ..billing.stripe_objects import (
+    customer_record,
+    invoice_record,
+    snapshot_json,
+    subscription_record,
+)
+from ..db_watchdog import watchdog_of
+from .payload import Event
+from .processing import ProcessingContext
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE raised by `stripe_receive_event` for an event the full path must take.
+FULL_PATH_SQLSTATE: Final = "WH001"
+
+_RECEIVE = "SELECT status, account_id FROM stripe_receive_event(%s::jsonb, %s, %s, %s::jsonb, %s)"
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or did not answer in time (the view answers 503)."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the direct path did: `processed` or `duplicate`, and the event's account."""
+
+    status: str
+    account_id: str | None
+
+
+RecordBuilder = Callable[[Event, ProcessingContext, Engine], dict[str, Any]]
+
+
+def _subscription(deleted: bool) -> RecordBuilder:
+    def build(event: Event, context: ProcessingContext, engine: Engine) -> dict[str, Any]:
+        snap = parse_subscription(event.data_object)
+        plan, price_id = plan_for_prices(
+            snap.prices, context.settings.plan_price_map, load_catalogue(engine)
+        )
+        return subscription_record(
+            snap,
+            plan=plan,
+            price_id=price_id,
+            deleted=snap.ended(deleted),
+            created=event.created,
+            cause=Cause.event(event.id),
+        )
+
+    return build
+
+
+def _invoice(event: Event, context: ProcessingContext, engine: Engine) -> dict[str, Any]:
+    snap = parse_invoice(event.data_object)
+    return invoice_record(snap, created=event.created, cause=Cause.event(event.id))
+
+
+def _customer(deleted: bool) -> RecordBuilder:
+    def build(event: Event, context: ProcessingContext, engine: Engine) -> dict[str, Any]:
+        snap = parse_customer(event.data_object, deleted_event=deleted)
+        return customer_record(snap, created=event.created, cause=Cause.event(event.id))
+
+    return build
+
+
+# Event type -> (snapshot kind for `stripe_receive_event`, how to build its record). Each
+# entry does what the type's handler in `handlers.HANDLERS` does for a linked customer;
+# tests/stripe_webhooks/test_direct.py holds every entry to its handler.
+DIRECT_KINDS: Final[dict[str, tuple[str, RecordBuilder]]] = {
+    "customer.subscription.created": ("subscription", _subscription(False)),
+    "customer.subscription.updated": ("subscription", _subscription(False)),
+    "customer.subscription.deleted": ("subscription", _subscription(True)),
+    "customer.subscription.paused": ("subscription", _subscription(False)),
+    "customer.subscription.resumed": ("subscription", _subscription(False)),
+    "customer.subscription.trial_will_end": ("subscription", _subscription(False)),
+    "invoice.paid": ("invoice", _invoice),
+    "invoice.payment_succeeded": ("invoice", _invoice),
+    "invoice.payment_failed": ("invoice", _invoice),
+    "invoice.payment_action_required": ("invoice", _invoice),
+    "customer.updated": ("customer", _customer(False)),
+    "customer.deleted": ("customer", _customer(True)),
+}
+
+
+def receive_direct(
+    engine: Engine, event: Event, raw_json: str, context: ProcessingContext
+) -> Received | None:
+    """Store and apply `event` in one statement, or None when the full path must take it.
+
+    Raises `DatabaseUnavailable` when the database cannot be reached or does not answer
+    within DATABASE_TIMEOUT (plus the watchdog's grace), so the view answers 503.
+    """
+    direct = DIRECT_KINDS.get(event.type)
+    if direct is None:
+        return None
+    kind, build = direct
+    try:
+        record = build(event, context, engine)
+    except Exception:  # the full path records why the event failed
+        return None
+    params = (
+        json.dumps(
+            {
+                "id": event.id,
+                "type": event.type,
+                "created": event.created,
+                "livemode": event.livemode,
+                "api_version": event.api_version,
+                "customer_id": event.customer_id,
+            },
+            separators=(",", ":"),
+        ),
+        raw_json,
+        kind,
+        snapshot_json(record),
+        context.stripe_api is not None,
+    )
+    row = _execute(engine, params)
+    return None if row is None else Received(row[0], row[1])
+
+
+def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Run `stripe_receive_event` on a pooled connection, in autocommit, watched."""
+    watchdog = watchdog_of(engine)
+    try:
+        pooled = engine.raw_connection()
+    except Exception as exc:
+        raise DatabaseUnavailable(type(exc).__name__) from exc
+    try:
+        connection: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        connection.autocommit = True
+        watchdog.arm(connection)
+        try:
+            row = connection.execute(_RECEIVE, params).fetchone()
+        finally:
+            watchdog.disarm(connection)
+            if not connection.closed:
+                connection.autocommit = False
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        pooled.invalidate(exc)
+        raise DatabaseUnavailable(type(exc).__name__) from exc
+    except psycopg.Error as exc:
+        if exc.sqlstate != FULL_PATH_SQLSTATE:
+            # Not a connection problem: the full path gives this event its usual answer
+            # (400 for a payload PostgreSQL refuses, a recorded failure otherwise).
+            log.info(
+                "stripe.event.direct_refused",
+                extra={"sqlstate": exc.sqlstate, "error": type(exc).__name__},
+            )
+        return None
+    finally:
+        pooled.close()
+    return row

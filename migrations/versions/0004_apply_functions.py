@@ -4,14 +4,17 @@ Each function is the only implementation of its rule; the Python appliers call t
 the webhook's direct path calls `stripe_receive_event`, which stores an event and applies
 it in one statement (one round trip, one transaction):
 
+- `billing_grants`: the plan a subscription in a given state grants, if any;
 - `billing_recompute_account`: an account's plan from its subscriptions, its quota from
   that plan or an ops override, and an audit entry when either changed;
+- `billing_ensure_account`, `billing_link_customer`: an account, and a Stripe customer's
+  link to it (a checkout, a subscription's `metadata.account_id`);
 - `billing_apply_subscription`, `billing_apply_invoice`, `billing_apply_customer`: store a
   snapshot when it wins the ordering (see `service/billing/ordering.py`);
 - `stripe_receive_event`: take the customer's lock, store the event, apply it.
 
 Snapshots arrive as one `jsonb` argument whose keys are the column names (times as Unix
-seconds), so adding a field changes no signature. Revision ID: 0004, revises 0003.
+seconds), so adding a field changes no signature.
 
 Revision ID: 0004
 Revises: 0003
@@ -27,6 +30,17 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The plan a subscription in this state grants its account, if any: the one definition
+# of which statuses grant access (`GRANTING_STATUSES` in service/billing/plans.py is held
+# to it by a test). `cancel_at_period_end` keeps a subscription `active` until deleted.
+GRANTS = """
+CREATE FUNCTION billing_grants(p_status text, p_plan text, p_deleted boolean) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN NOT p_deleted AND p_status IN ('active', 'trialing', 'past_due')
+                THEN p_plan END
+$$
+"""
+
 RECOMPUTE_ACCOUNT = """
 CREATE FUNCTION billing_recompute_account(
     p_account_id text, p_cause_event_id text, p_cause_ops_action text
@@ -36,11 +50,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     cur record;
-    best record;
-    ops_override record;
-    new_rpm integer;
-    new_monthly bigint;
-    new_source text;
+    fresh record;
 BEGIN
     -- The account row, locked so concurrent recomputes of one account queue up.
     SELECT a.plan, a.requests_per_minute, a.monthly_requests, a.quota_source INTO cur
@@ -48,51 +58,86 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;  -- no row: the caller says which account is missing
     END IF;
-    -- Separate statements on purpose: each takes a new snapshot, so the evidence read here
+    -- A separate statement on purpose: it takes a new snapshot, so the evidence it reads
     -- includes every change committed while this call waited for the lock above.
-    -- The plan: the highest-ranked one among subscriptions that grant access, else free.
-    -- Granting statuses: `GRANTING_STATUSES` in service/billing/plans.py.
-    SELECT p.name, p.requests_per_minute, p.monthly_requests INTO best
-      FROM plans p
+    -- The plan: the highest-ranked one its subscriptions grant, else free. The quota: an
+    -- ops override wins over the plan's defaults.
+    SELECT p.name AS plan,
+           coalesce(o.requests_per_minute, p.requests_per_minute) AS requests_per_minute,
+           coalesce(o.monthly_requests, p.monthly_requests) AS monthly_requests,
+           CASE WHEN o.account_id IS NULL THEN 'plan' ELSE 'override' END AS quota_source
+      INTO fresh
+      FROM plans p LEFT JOIN quota_overrides o ON o.account_id = p_account_id
      WHERE p.name = 'free'
-        OR p.name IN (SELECT s.plan FROM subscriptions s
-                       WHERE s.account_id = p_account_id AND NOT s.deleted
-                         AND s.status IN ('active', 'trialing', 'past_due'))
+        OR p.name IN (SELECT billing_grants(s.status, s.plan, s.deleted)
+                        FROM subscriptions s WHERE s.account_id = p_account_id)
      ORDER BY p.rank DESC
      LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'The plans table has no free plan: run `webhooks db upgrade`';
     END IF;
-    -- The quota: an ops override wins over the plan's defaults.
-    SELECT o.requests_per_minute, o.monthly_requests INTO ops_override
-      FROM quota_overrides o WHERE o.account_id = p_account_id;
-    IF FOUND THEN
-        new_rpm := ops_override.requests_per_minute;
-        new_monthly := ops_override.monthly_requests;
-        new_source := 'override';
-    ELSE
-        new_rpm := best.requests_per_minute;
-        new_monthly := best.monthly_requests;
-        new_source := 'plan';
-    END IF;
-    IF (best.name, new_rpm, new_monthly, new_source)
+    IF (fresh.plan, fresh.requests_per_minute, fresh.monthly_requests, fresh.quota_source)
        IS DISTINCT FROM (cur.plan, cur.requests_per_minute, cur.monthly_requests,
                          cur.quota_source) THEN
-        UPDATE accounts a
-           SET plan = best.name, requests_per_minute = new_rpm,
-               monthly_requests = new_monthly, quota_source = new_source, updated_at = now(),
-               plan_since = CASE WHEN a.plan = best.name THEN a.plan_since ELSE now() END
-         WHERE a.id = p_account_id;
+        WITH changed AS (
+            UPDATE accounts a
+               SET plan = fresh.plan, requests_per_minute = fresh.requests_per_minute,
+                   monthly_requests = fresh.monthly_requests, quota_source = fresh.quota_source,
+                   updated_at = now(),
+                   plan_since = CASE WHEN a.plan = fresh.plan THEN a.plan_since ELSE now() END
+             WHERE a.id = p_account_id
+            RETURNING a.id
+        )
         INSERT INTO audit_log (account_id, plan_before, plan_after,
                                requests_per_minute_before, requests_per_minute_after,
                                monthly_requests_before, monthly_requests_after,
                                quota_source_before, quota_source_after,
                                cause_event_id, cause_ops_action)
-        VALUES (p_account_id, cur.plan, best.name, cur.requests_per_minute, new_rpm,
-                cur.monthly_requests, new_monthly, cur.quota_source, new_source,
-                p_cause_event_id, p_cause_ops_action);
+        SELECT changed.id, cur.plan, fresh.plan, cur.requests_per_minute,
+               fresh.requests_per_minute, cur.monthly_requests, fresh.monthly_requests,
+               cur.quota_source, fresh.quota_source, p_cause_event_id, p_cause_ops_action
+          FROM changed;
     END IF;
-    RETURN QUERY SELECT best.name, new_rpm, new_monthly, new_source;
+    RETURN QUERY SELECT fresh.plan, fresh.requests_per_minute, fresh.monthly_requests,
+                        fresh.quota_source;
+END
+$$
+"""
+
+ENSURE_ACCOUNT = """
+CREATE FUNCTION billing_ensure_account(p_account_id text, p_email text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- A new account starts on free; an existing email is kept (customer snapshots update it).
+    INSERT INTO accounts (id, email, plan, requests_per_minute, monthly_requests)
+    SELECT p_account_id, p_email, p.name, p.requests_per_minute, p.monthly_requests
+      FROM plans p WHERE p.name = 'free'
+    ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email
+     WHERE accounts.email IS NULL AND EXCLUDED.email IS NOT NULL;
+END
+$$
+"""
+
+# A customer stays linked to its first account: `account_id` says which, `created` whether
+# this call made the link.
+LINK_CUSTOMER = """
+CREATE FUNCTION billing_link_customer(p_customer_id text, p_account_id text, p_email text)
+RETURNS TABLE (account_id text, created boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    SELECT c.account_id INTO account_id FROM stripe_customers c WHERE c.id = p_customer_id;
+    IF FOUND THEN
+        created := false;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    PERFORM billing_ensure_account(p_account_id, p_email);
+    INSERT INTO stripe_customers AS c (id, account_id, email)
+    VALUES (p_customer_id, p_account_id, p_email)
+    ON CONFLICT (id) DO UPDATE SET account_id = c.account_id
+    RETURNING c.account_id, (c.xmax = 0) INTO account_id, created;
+    RETURN NEXT;
 END
 $$
 """
@@ -112,7 +157,8 @@ BEGIN
     WITH link AS (
         SELECT c.account_id FROM stripe_customers c WHERE c.id = p->>'customer_id'
     ), old AS (
-        SELECT s.account_id, s.applied_event_created, s.applied_event_id, s.snapshot_digest
+        SELECT s.account_id, s.applied_event_created, s.applied_event_id, s.snapshot_digest,
+               billing_grants(s.status, s.plan, s.deleted) AS grants
           FROM subscriptions s WHERE s.id = p->>'id' FOR UPDATE
     ), up AS (
         INSERT INTO subscriptions AS s
@@ -157,7 +203,8 @@ BEGIN
     SELECT (SELECT link.account_id FROM link) AS account_id,
            EXISTS (SELECT 1 FROM up) AS applied,
            old.account_id AS old_account_id, old.applied_event_created AS old_created,
-           old.applied_event_id AS old_event_id, old.snapshot_digest AS old_digest
+           old.applied_event_id AS old_event_id, old.snapshot_digest AS old_digest,
+           old.grants AS old_grants
       INTO r
       FROM (SELECT 1) AS one LEFT JOIN old ON true;
     account_id := r.account_id;
@@ -168,6 +215,14 @@ BEGIN
            AND r.old_event_id IS DISTINCT FROM p->>'event_id'
            AND r.old_digest IS DISTINCT FROM p->>'snapshot_digest';
     IF r.account_id IS NULL OR NOT r.applied OR (tie AND p_defer_on_tie) THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- The account's plan depends only on what each subscription grants: a change that
+    -- grants the same (active -> past_due, a new period) needs no recompute.
+    IF r.old_account_id IS NOT DISTINCT FROM r.account_id
+       AND r.old_grants IS NOT DISTINCT FROM billing_grants(
+               p->>'status', p->>'plan', (p->>'deleted')::boolean) THEN
         RETURN NEXT;
         RETURN;
     END IF;
@@ -183,7 +238,10 @@ $$
 APPLY_INVOICE = """
 CREATE FUNCTION billing_apply_invoice(p jsonb)
 RETURNS TABLE (account_id text, applied boolean)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH link AS (
         SELECT c.account_id FROM stripe_customers c WHERE c.id = p->>'customer_id'
     ), up AS (
@@ -219,7 +277,8 @@ LANGUAGE sql AS $$
             coalesce(i.applied_event_id, ''))
     RETURNING i.id
     )
-    SELECT (SELECT link.account_id FROM link), EXISTS (SELECT 1 FROM up)
+    SELECT (SELECT link.account_id FROM link), EXISTS (SELECT 1 FROM up);
+END
 $$
 """
 
@@ -228,7 +287,10 @@ $$
 APPLY_CUSTOMER = """
 CREATE FUNCTION billing_apply_customer(p jsonb)
 RETURNS TABLE (account_id text, applied boolean)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH link AS (
         SELECT c.account_id FROM stripe_customers c WHERE c.id = p->>'id'
     ), c AS (
@@ -249,7 +311,8 @@ LANGUAGE sql AS $$
          WHERE accounts.id = c.account_id AND p->>'email' IS NOT NULL
            AND accounts.email IS DISTINCT FROM p->>'email'
     )
-    SELECT (SELECT link.account_id FROM link), EXISTS (SELECT 1 FROM c)
+    SELECT (SELECT link.account_id FROM link), EXISTS (SELECT 1 FROM c);
+END
 $$
 """
 
@@ -273,6 +336,19 @@ BEGIN
     END IF;
     -- The lock order of service/stripe_webhooks/processing.py: the customer, then rows.
     PERFORM pg_advisory_xact_lock(hashtextextended('stripe-customer:' || customer, 0));
+    IF p_kind = 'checkout' THEN
+        -- The link is what a checkout applies. A conflicting link is logged, and events
+        -- that waited for this link are applied, by the full path.
+        SELECT * INTO result
+          FROM billing_link_customer(customer, p_snapshot->>'account_id', p_snapshot->>'email');
+        IF result.account_id <> p_snapshot->>'account_id'
+           OR (result.created AND EXISTS (
+                   SELECT 1 FROM stripe_events e
+                    WHERE e.customer_id = customer AND e.status = 'pending')) THEN
+            RAISE EXCEPTION 'The link of customer % needs the full path', customer
+                  USING ERRCODE = 'WH001';
+        END IF;
+    END IF;
     SELECT c.account_id INTO linked FROM stripe_customers c WHERE c.id = customer;
     IF linked IS NULL THEN
         RAISE EXCEPTION 'Customer % is not linked', customer USING ERRCODE = 'WH001';
@@ -302,7 +378,7 @@ BEGIN
         PERFORM billing_apply_invoice(p_snapshot);
     ELSIF p_kind = 'customer' THEN
         PERFORM billing_apply_customer(p_snapshot);
-    ELSE
+    ELSIF p_kind <> 'checkout' THEN
         RAISE EXCEPTION 'Unknown snapshot kind %', p_kind;
     END IF;
     RETURN QUERY SELECT 'processed'::text, linked;
@@ -311,7 +387,10 @@ $$
 """
 
 FUNCTIONS = {
+    "billing_grants(text, text, boolean)": GRANTS,
     "billing_recompute_account(text, text, text)": RECOMPUTE_ACCOUNT,
+    "billing_ensure_account(text, text)": ENSURE_ACCOUNT,
+    "billing_link_customer(text, text, text)": LINK_CUSTOMER,
     "billing_apply_subscription(jsonb, boolean, boolean)": APPLY_SUBSCRIPTION,
     "billing_apply_invoice(jsonb)": APPLY_INVOICE,
     "billing_apply_customer(jsonb)": APPLY_CUSTOMER,

@@ -56,15 +56,7 @@ class AccountState:
     quota: Quota
 
 
-_ENSURE_ACCOUNT = text(
-    """
-    INSERT INTO accounts (id, email, plan, requests_per_minute, monthly_requests)
-    SELECT :account_id, :email, name, requests_per_minute, monthly_requests
-      FROM plans WHERE name = 'free'
-    ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email
-     WHERE accounts.email IS NULL AND EXCLUDED.email IS NOT NULL
-    """
-)
+_ENSURE_ACCOUNT = text("SELECT billing_ensure_account(:account_id, :email)")
 
 # The rules (plan from subscriptions, quota from plan or override, audit on change) are
 # the SQL function of migration 0004, so the webhook's direct path applies them in the

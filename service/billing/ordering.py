@@ -24,6 +24,7 @@ Customer key: `deleted` first, then `created`, digest, event id.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -64,9 +65,20 @@ def invoice_precedence(status: str | None) -> int:
     return INVOICE_PRECEDENCE.get(status or "", UNKNOWN_PRECEDENCE)
 
 
-def digest(fields: Mapping[str, Any]) -> str:
-    """A stable digest of a snapshot's content: the same fields give the same digest."""
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+def _plain(value: Any) -> Any:
+    """What `json` cannot encode itself: a dataclass as its fields, anything else as text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    return str(value)
+
+
+def digest(fields: Any) -> str:
+    """A stable digest of a snapshot's content: the same fields give the same digest.
+
+    `fields` is a mapping or a dataclass (nested dataclasses are encoded as their fields,
+    as `dataclasses.asdict` would give them, without its deep copy).
+    """
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -11,7 +11,7 @@ A missing required field raises `SnapshotError` naming it, so the event fails vi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .ordering import TERMINAL_SUBSCRIPTION_STATUSES, digest
@@ -95,7 +95,7 @@ class SubscriptionSnapshot:
 
     @property
     def digest(self) -> str:
-        return digest(asdict(self))
+        return digest(self)
 
 
 def parse_subscription(obj: dict[str, Any]) -> SubscriptionSnapshot:
@@ -162,7 +162,7 @@ class InvoiceSnapshot:
 
     @property
     def digest(self) -> str:
-        return digest(asdict(self))
+        return digest(self)
 
 
 def parse_invoice(obj: dict[str, Any]) -> InvoiceSnapshot:
@@ -206,7 +206,7 @@ class CustomerSnapshot:
 
     @property
     def digest(self) -> str:
-        return digest(asdict(self))
+        return digest(self)
 
 
 def parse_customer(obj: dict[str, Any], *, deleted_event: bool = False) -> CustomerSnapshot:

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from ..stripe_api import StripeObjectNotFound
-from .accounts import Cause, ensure_account, recompute_account
+from .accounts import Cause, recompute_account
 from .ordering import invoice_precedence, subscription_precedence
 from .plans import load_catalogue, plan_for_prices
 from .snapshots import (
@@ -85,14 +85,7 @@ def _cause_fields(cause: Cause) -> dict[str, Any]:
 # --- customers and links ---------------------------------------------------------------
 
 _CUSTOMER_ACCOUNT = text("SELECT account_id FROM stripe_customers WHERE id = :customer_id")
-_INSERT_LINK = text(
-    """
-    INSERT INTO stripe_customers (id, account_id, email)
-    VALUES (:customer_id, :account_id, :email)
-    ON CONFLICT (id) DO UPDATE SET account_id = stripe_customers.account_id
-    RETURNING account_id, (xmax = 0) AS inserted
-    """
-)
+_LINK_CUSTOMER = text("SELECT * FROM billing_link_customer(:customer_id, :account_id, :email)")
 
 
 def customer_account(session: Session, customer_id: str) -> str | None:
@@ -119,24 +112,26 @@ def link_customer(
     a conflicting link is logged (`billing.customer.link_conflict`) and not applied, since
     moving a paying customer between accounts is a decision for a person.
     """
-    existing = customer_account(session, customer_id)
-    if existing is not None:
-        if existing != account_id:
-            log.warning(
-                "billing.customer.link_conflict",
-                extra={
-                    "customer_id": customer_id,
-                    "account_id": existing,
-                    "requested_account_id": account_id,
-                },
-            )
-        return Link(existing, created=False)
-    ensure_account(session, account_id, email)
+    if not account_id:
+        raise ValueError("An account id must not be empty")
     row: Any = session.execute(
-        _INSERT_LINK, {"customer_id": customer_id, "account_id": account_id, "email": email}
+        _LINK_CUSTOMER, {"customer_id": customer_id, "account_id": account_id, "email": email}
     ).one()
-    log.info("billing.customer.linked", extra={"customer_id": customer_id, "account_id": row[0]})
-    return Link(row.account_id, created=bool(row.inserted))
+    if row.created:
+        log.info(
+            "billing.customer.linked",
+            extra={"customer_id": customer_id, "account_id": row.account_id},
+        )
+    elif row.account_id != account_id:
+        log.warning(
+            "billing.customer.link_conflict",
+            extra={
+                "customer_id": customer_id,
+                "account_id": row.account_id,
+                "requested_account_id": account_id,
+            },
+        )
+    return Link(row.account_id, created=bool(row.created))
 
 
 _APPLY_CUSTOMER = text("SELECT * FROM billing_apply_customer(CAST(:snapshot AS jsonb))")

@@ -1,9 +1,10 @@
 """The direct path: store an event and apply it in one statement, one round trip.
 
-Most deliveries are a subscription, invoice or customer snapshot of a customer already
-linked to an account. For those the webhook computes the snapshot record in Python (the
-same `*_record` functions the full path uses) and calls the SQL function
-`stripe_receive_event` (migration 0004) on a pooled connection in autocommit mode. The
+Most deliveries are a checkout that links a customer to an account, or a subscription,
+invoice or customer snapshot of a customer already linked. For those the webhook
+computes the snapshot record in Python (the same `*_record` functions the full path
+uses) and calls the SQL function `stripe_receive_event` (migration 0004) on a pooled
+connection in autocommit mode. The
 function takes the customer's lock, stores the event as `processed` and calls the same
 `billing_apply_*` functions as the full path, so both paths apply one set of rules; a
 statement is its own transaction, so the event and its effects commit together or not
@@ -33,7 +34,12 @@ from sqlalchemy import Engine
 
 from ..billing.accounts import Cause
 from ..billing.plans import load_catalogue, plan_for_prices
-from ..billing.snapshots import parse_customer, parse_invoice, parse_subscription
+from ..billing.snapshots import (
+    parse_checkout_session,
+    parse_customer,
+    parse_invoice,
+    parse_subscription,
+)
 from ..billing.stripe_objects import (
     customer_record,
     invoice_record,
@@ -98,10 +104,21 @@ def _customer(deleted: bool) -> RecordBuilder:
     return build
 
 
+def _checkout(event: Event, context: ProcessingContext, engine: Engine) -> dict[str, Any]:
+    snap = parse_checkout_session(event.data_object)
+    if not snap.customer_id or not snap.account_id or snap.customer_id != event.customer_id:
+        # Nothing to link (the handler ignores the event): the full path records that.
+        raise ValueError("The checkout session links nothing")
+    return {"customer_id": snap.customer_id, "account_id": snap.account_id, "email": snap.email}
+
+
 # Event type -> (snapshot kind for `stripe_receive_event`, how to build its record). Each
 # entry does what the type's handler in `handlers.HANDLERS` does for a linked customer;
 # tests/stripe_webhooks/test_direct.py holds every entry to its handler.
 DIRECT_KINDS: Final[dict[str, tuple[str, RecordBuilder]]] = {
+    "checkout.session.completed": ("checkout", _checkout),
+    "checkout.session.async_payment_succeeded": ("checkout", _checkout),
+    "checkout.session.async_payment_failed": ("checkout", _checkout),
     "customer.subscription.created": ("subscription", _subscription(False)),
     "customer.subscription.updated": ("subscription", _subscription(False)),
     "customer.subscription.deleted": ("subscription", _subscription(True)),

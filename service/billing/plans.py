@@ -12,6 +12,7 @@ as an argument so every rule can be tested exhaustively without a database:
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -153,6 +154,8 @@ def plan_for_prices(
 # once a minute instead of on every event.
 _CATALOGUE_TTL_SECONDS = 60.0
 _catalogue_cache: dict[str, tuple[float, dict[str, PlanTier]]] = {}
+# The cache key of each engine: rendering its URL on every event costs more than the lookup.
+_catalogue_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 _SELECT_PLANS = text("SELECT name, rank, requests_per_minute, monthly_requests FROM plans")
 
 
@@ -163,7 +166,9 @@ def load_catalogue(bind: Session | Engine) -> Catalogue:
     on a connection of its own.
     """
     engine = bind if isinstance(bind, Engine) else bind.get_bind().engine
-    key = str(engine.url)
+    key = _catalogue_keys.get(engine)
+    if key is None:
+        key = _catalogue_keys[engine] = str(engine.url)
     now = time.monotonic()
     cached = _catalogue_cache.get(key)
     if cached is not None and now - cached[0] < _CATALOGUE_TTL_SECONDS:

@@ -32,9 +32,10 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from .ceiling import FLOOR_TABLE
 from .ceiling import TABLE as CEILING_TABLE
 from .pg import ROOT, server_url, throwaway_database
-from .server import CEILING_APP, SERVICE_APP, Gunicorn
+from .server import CEILING_APP, FLOOR_APP, SERVICE_APP, Gunicorn
 
 OUT = ROOT / "bench" / "out"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -217,7 +218,7 @@ def _start_profiler(name: str, server: Gunicorn, seconds: float | None) -> Any:
         "--format",
         "raw",
         "--rate",
-        "100",
+        os.environ.get("BENCH_PROFILE_RATE", "100"),
         "--nonblocking",
         "--gil",
     ]
@@ -234,9 +235,11 @@ def _count_stored(result: Result, database_url: str, app: str, accepted: set[str
     engine = create_engine(database_url)
     ids = sorted(accepted)
     with engine.connect() as connection:
-        if app == CEILING_APP:
+        if app in (CEILING_APP, FLOOR_APP):
+            table = CEILING_TABLE if app == CEILING_APP else FLOOR_TABLE
             result.stored = connection.execute(
-                text(f"SELECT count(*) FROM {CEILING_TABLE} WHERE id = ANY(:ids)"), {"ids": ids}
+                text(f"SELECT count(*) FROM {table} WHERE id = ANY(:ids)"),
+                {"ids": ids},
             ).scalar_one()
         else:
             rows = connection.execute(
@@ -394,7 +397,11 @@ def main() -> int:
             notes.append(f"bulk-loaded {growth:,} stored events in {took:.0f} s")
             print(notes[-1], flush=True)
         runs: dict[str, list[Result]] = {}
-        plan = [("ceiling", CEILING_APP, url), ("service", SERVICE_APP, url)]
+        plan = [
+            ("ceiling", CEILING_APP, url),
+            ("floor", FLOOR_APP, url),
+            ("service", SERVICE_APP, url),
+        ]
         if grown_url:
             plan.append((f"service +{growth // 1000}k", SERVICE_APP, grown_url))
         for _ in range(rounds):
@@ -404,9 +411,9 @@ def main() -> int:
                 runs.setdefault(name, []).append(one)
         merged = [_merge(name, parts) for name, parts in runs.items()]
         results.extend(merged)
-        ceiling, service = merged[0], merged[1]
+        ceiling, floor, service = merged[0], merged[1], merged[2]
         if grown_url:
-            grown = merged[2]
+            grown = merged[3]
         if memory_events:
             memory = run_target(
                 f"memory {memory_events // 1000}k",
@@ -428,6 +435,12 @@ def main() -> int:
         (f"throughput service/ceiling {throughput_ratio:.2f} >= 0.75", throughput_ratio >= 0.75)
     )
     checks.append((f"p99 service/ceiling {p99_ratio:.2f} <= 1.5", p99_ratio <= 1.5))
+    floor_ratio = floor.rate / ceiling.rate if ceiling.rate else 0.0
+    floor_p99 = floor.pct(0.99) / ceiling.pct(0.99) if ceiling.pct(0.99) else 0.0
+    notes.append(
+        f"floor/ceiling: throughput {floor_ratio:.2f}, p99 {floor_p99:.2f}"
+        f" (service/floor: throughput {service.rate / floor.rate if floor.rate else 0.0:.2f})"
+    )
     for r in results:
         checks.append((f"{r.name}: accepted events missing {r.missing} == 0", r.missing == 0))
         # A 500, a 503 or no answer at all (code 0: the server is down) all mean the

@@ -17,6 +17,7 @@ from .pg import ROOT, free_port
 
 SERVICE_APP = "service:create_app()"
 CEILING_APP = "bench.ceiling:create_app()"
+FLOOR_APP = "bench.ceiling:create_floor_app()"
 
 
 class Gunicorn:

@@ -52,14 +52,17 @@ DECLARE
     cur record;
     fresh record;
 BEGIN
-    -- The account row, locked so concurrent recomputes of one account queue up.
+    -- The account's lock, so concurrent recomputes of one account (its customers' events,
+    -- ops) queue up; an advisory lock, so a foreign-key check on the account row, or a
+    -- change of its email, is not blocked by it. Lock order: customer, account, rows.
+    PERFORM pg_advisory_xact_lock(hashtextextended('billing-account:' || p_account_id, 0));
+    -- A separate statement on purpose: it takes a new snapshot, so what it and the
+    -- statements below read includes every change committed while this call waited.
     SELECT a.plan, a.requests_per_minute, a.monthly_requests, a.quota_source INTO cur
-      FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
+      FROM accounts a WHERE a.id = p_account_id;
     IF NOT FOUND THEN
         RETURN;  -- no row: the caller says which account is missing
     END IF;
-    -- A separate statement on purpose: it takes a new snapshot, so the evidence it reads
-    -- includes every change committed while this call waited for the lock above.
     -- The plan: the highest-ranked one its subscriptions grant, else free. The quota: an
     -- ops override wins over the plan's defaults.
     SELECT p.name AS plan,

@@ -82,7 +82,7 @@ def recompute_account(session: Session, account_id: str, cause: Cause) -> Accoun
     Called after anything that may change them (a subscription snapshot, an override set or
     cleared, a sync), so state is always recomputed from the evidence and never
     incremented; replays are harmless. Writes an audit entry naming `cause` only when the
-    plan, the quota or its source changed. Locks the account row until the transaction
+    plan, the quota or its source changed. Holds the account's lock until the transaction
     ends. Raises `AccountNotFound`.
     """
     row: Any = session.execute(
@@ -100,11 +100,15 @@ def recompute_account(session: Session, account_id: str, cause: Cause) -> Accoun
     )
 
 
+# The lock `billing_recompute_account` takes (migration 0004, the same key), taken before
+# an override changes so whichever recompute comes next sees it.
+_LOCK_ACCOUNT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_ACCOUNT_EXISTS = text("SELECT 1 FROM accounts WHERE id = :account_id")
+
+
 def _lock_account(session: Session, account_id: str) -> None:
-    found = session.execute(
-        text("SELECT 1 FROM accounts WHERE id = :account_id FOR UPDATE"), {"account_id": account_id}
-    ).first()
-    if found is None:
+    session.execute(_LOCK_ACCOUNT, {"key": f"billing-account:{account_id}"})
+    if session.execute(_ACCOUNT_EXISTS, {"account_id": account_id}).first() is None:
         raise AccountNotFound(f"No account {account_id!r}")
 
 

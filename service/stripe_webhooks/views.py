@@ -137,7 +137,9 @@ def receive_stripe_event() -> tuple[Response, int]:
     observe_webhook(event.type, status, time.perf_counter() - started)
     answered = models.FAILED if status == models.DEAD else status
     # Built by hand: the answer is sent for every event, and jsonify costs several times this.
-    answer = json.dumps({"received": True, "id": event.id, "status": answered})
+    answer = json.dumps(
+        {"received": True, "id": event.id, "status": answered}, separators=(",", ":")
+    )
     return Response(answer, 200, mimetype="application/json"), 200
 
 

@@ -1,12 +1,12 @@
-"""Plan rules as data plus small pure functions.
+"""The price-to-plan rules and the plan catalogue.
 
-The catalogue (names, ranks, quotas) lives in the `plans` table; these functions take it
-as an argument so every rule can be tested exhaustively without a database:
+The account-plan and quota rules (which subscription statuses grant their plan, the plan
+an account gets from its subscriptions, the quota it gets from that plan or an ops
+override) are the SQL functions `billing_grants` and `billing_recompute_account` of
+migration 0004, called through `billing.accounts.recompute_account`. What remains here:
 
-- which subscription statuses grant access (`grants_access`),
-- the plan an account gets from its subscriptions (`effective_plan`),
-- the quota it gets from that plan and any ops override (`effective_quota`),
-- the plan a Stripe price stands for (`plan_for_price`).
+- the plan a Stripe price stands for (`plan_for_price`, `plan_for_prices`),
+- the catalogue (names, ranks, quotas) read from the `plans` table (`load_catalogue`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from typing import Any, Final
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from .models import SOURCE_OVERRIDE, SOURCE_PLAN
-
 FREE: Final = "free"
-# Statuses that grant the subscription's plan. `cancel_at_period_end` keeps a subscription
-# `active` until Stripe deletes it, so it keeps access until then.
+# The statuses `billing_grants` (migration 0004) treats as granting the subscription's
+# plan, stated in Python; a test holds the two to each other. `cancel_at_period_end` keeps
+# a subscription `active` until Stripe deletes it, so it keeps access until then.
 GRANTING_STATUSES: Final = frozenset({"active", "trialing", "past_due"})
 # Every status Stripe documents for a subscription; all but GRANTING_STATUSES grant nothing.
 SUBSCRIPTION_STATUSES: Final = (
@@ -72,29 +71,6 @@ class Price:
 
 
 Catalogue = Mapping[str, PlanTier]
-
-
-def grants_access(status: str, deleted: bool = False) -> bool:
-    """Whether a subscription in `status` gives its account the subscription's plan."""
-    return not deleted and status in GRANTING_STATUSES
-
-
-def effective_plan(subscriptions: Iterable[tuple[str, str, bool]], catalogue: Catalogue) -> str:
-    """The highest-ranked plan among `(status, plan, deleted)` that grant access, else free."""
-    best = catalogue[FREE]
-    for status, plan, deleted in subscriptions:
-        if grants_access(status, deleted):
-            tier = catalogue[plan]
-            if tier.rank > best.rank:
-                best = tier
-    return best.name
-
-
-def effective_quota(tier: PlanTier, override: tuple[int, int] | None) -> Quota:
-    """An override `(requests_per_minute, monthly_requests)` wins over the plan's defaults."""
-    if override is not None:
-        return Quota(override[0], override[1], SOURCE_OVERRIDE)
-    return Quota(tier.requests_per_minute, tier.monthly_requests, SOURCE_PLAN)
 
 
 def plan_for_price(price: Price, plan_price_map: Mapping[str, str], catalogue: Catalogue) -> str:

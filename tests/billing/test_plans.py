@@ -1,12 +1,24 @@
-"""The plan rules as pure functions, tested exhaustively (no database)."""
+"""The plan rules: the account-plan and quota rules as the SQL functions of migration
+0004 against the real database, exhaustively over statuses and plans; the price-to-plan
+rules, the snapshot readers and the ordering key as pure functions."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from service.billing import ordering
+from service.billing.accounts import (
+    AccountState,
+    Cause,
+    ensure_account,
+    recompute_account,
+    set_quota_override,
+)
 from service.billing.plans import (
     GRANTING_STATUSES,
     SUBSCRIPTION_STATUSES,
@@ -14,9 +26,7 @@ from service.billing.plans import (
     Price,
     Quota,
     UnknownPrice,
-    effective_plan,
-    effective_quota,
-    grants_access,
+    load_catalogue,
     plan_for_price,
     plan_for_prices,
 )
@@ -30,51 +40,156 @@ CATALOGUE = {
     "enterprise": PlanTier("enterprise", 3, 120, 1_000_000),
 }
 PLANS = tuple(CATALOGUE)
+ONE_SUBSCRIPTION = list(itertools.product(SUBSCRIPTION_STATUSES, PLANS))
+
+# --- the account-plan and quota rules (SQL functions of migration 0004) ---------------
+
+ACCOUNT = so.ACCOUNT_ID
+CAUSE = Cause.ops("test")
+
+_DELETE_SUBSCRIPTIONS = text("DELETE FROM subscriptions WHERE account_id = :account_id")
+_INSERT_SUBSCRIPTION = text(
+    """
+    INSERT INTO subscriptions (id, customer_id, account_id, status, plan, deleted,
+                               status_precedence, snapshot_digest, applied_event_created)
+    VALUES (:id, :customer_id, :account_id, :status, :plan, :deleted,
+            :status_precedence, 'digest', now())
+    """
+)
+_AUDIT_ROWS = text("SELECT count(*) FROM audit_log WHERE account_id = :account_id")
 
 
-@pytest.mark.parametrize(("status", "plan"), list(itertools.product(SUBSCRIPTION_STATUSES, PLANS)))
-def test_one_subscription_grants_its_plan_only_in_a_granting_status(status, plan):
-    expected = plan if status in {"active", "trialing", "past_due"} else "free"
-    assert effective_plan([(status, plan, False)], CATALOGUE) == expected
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """One transaction holding an account on free and no subscriptions, rolled back after."""
+    with Session(engine) as session, session.begin():
+        ensure_account(session, ACCOUNT)
+        yield session
+        session.rollback()
 
 
-@pytest.mark.parametrize(("status", "plan"), list(itertools.product(SUBSCRIPTION_STATUSES, PLANS)))
-def test_a_deleted_subscription_grants_nothing_whatever_its_status(status, plan):
-    assert effective_plan([(status, plan, True)], CATALOGUE) == "free"
+def _set_subscriptions(session: Session, *subscriptions: tuple[str, str, bool]) -> AccountState:
+    """Give the account exactly `(status, plan, deleted)` subscriptions, in that order, and
+    recompute it."""
+    session.execute(_DELETE_SUBSCRIPTIONS, {"account_id": ACCOUNT})
+    if subscriptions:
+        session.execute(
+            _INSERT_SUBSCRIPTION,
+            [
+                {
+                    "id": f"sub_{n}",
+                    "customer_id": so.CUSTOMER_ID,
+                    "account_id": ACCOUNT,
+                    "status": status,
+                    "plan": plan,
+                    "deleted": deleted,
+                    "status_precedence": ordering.subscription_precedence(status),
+                }
+                for n, (status, plan, deleted) in enumerate(subscriptions)
+            ],
+        )
+    return recompute_account(session, ACCOUNT, CAUSE)
 
 
-def test_granting_statuses_are_exactly_those_spec_names():
+def _grants(session: Session, status: str, plan: str, deleted: bool) -> str | None:
+    granted: str | None = session.execute(
+        text("SELECT billing_grants(:status, :plan, :deleted)"),
+        {"status": status, "plan": plan, "deleted": deleted},
+    ).scalar_one()
+    return granted
+
+
+def _audit_rows(session: Session) -> int:
+    count: int = session.execute(_AUDIT_ROWS, {"account_id": ACCOUNT}).scalar_one()
+    return count
+
+
+def test_the_test_catalogue_is_the_seeded_one(session):
+    assert load_catalogue(session) == CATALOGUE
+
+
+def test_one_subscription_grants_its_plan_only_in_a_granting_status(session):
+    for status, plan in ONE_SUBSCRIPTION:
+        expected = plan if status in {"active", "trialing", "past_due"} else "free"
+        state = _set_subscriptions(session, (status, plan, False))
+        assert state.plan == expected, f"one subscription ({status}, {plan})"
+
+
+def test_a_deleted_subscription_grants_nothing_whatever_its_status(session):
+    for status, plan in ONE_SUBSCRIPTION:
+        state = _set_subscriptions(session, (status, plan, True))
+        assert state.plan == "free", f"one deleted subscription ({status}, {plan})"
+
+
+def test_granting_statuses_are_exactly_those_spec_names(session):
     assert frozenset({"active", "trialing", "past_due"}) == GRANTING_STATUSES
-    assert [s for s in SUBSCRIPTION_STATUSES if grants_access(s)] == [
+    for status, plan in ONE_SUBSCRIPTION:
+        expected = plan if status in GRANTING_STATUSES else None
+        assert _grants(session, status, plan, False) == expected, (status, plan)
+        assert _grants(session, status, plan, True) is None, (status, plan, "deleted")
+    assert [s for s in SUBSCRIPTION_STATUSES if _grants(session, s, "pro", False)] == [
         "trialing",
         "active",
         "past_due",
     ]
 
 
-@pytest.mark.parametrize(
-    ("first", "second"),
-    list(itertools.product(itertools.product(SUBSCRIPTION_STATUSES, PLANS), repeat=2)),
-)
-def test_two_subscriptions_give_the_highest_granted_plan_in_any_order(first, second):
-    granted = [plan for status, plan in (first, second) if status in GRANTING_STATUSES]
-    expected = max(granted, key=lambda p: CATALOGUE[p].rank, default="free")
-    subs = [(*first, False), (*second, False)]
-    assert effective_plan(subs, CATALOGUE) == expected
-    assert effective_plan(list(reversed(subs)), CATALOGUE) == expected
+def test_two_subscriptions_give_the_highest_granted_plan_in_any_order(session):
+    cases = list(itertools.product(ONE_SUBSCRIPTION, repeat=2))
+    assert len(cases) == 1024
+    for first, second in cases:
+        granted = [plan for status, plan in (first, second) if status in GRANTING_STATUSES]
+        expected = max(granted, key=lambda p: CATALOGUE[p].rank, default="free")
+        for subs in ((first, second), (second, first)):
+            state = _set_subscriptions(session, *((*sub, False) for sub in subs))
+            assert state.plan == expected, f"subscriptions {subs}: got {state.plan}"
 
 
-def test_no_subscription_is_free():
-    assert effective_plan([], CATALOGUE) == "free"
-
-
-@pytest.mark.parametrize("plan", PLANS)
-def test_quota_is_the_plans_unless_overridden(plan):
-    tier = CATALOGUE[plan]
-    assert effective_quota(tier, None) == Quota(
-        tier.requests_per_minute, tier.monthly_requests, "plan"
+def test_no_subscription_is_free(session):
+    _set_subscriptions(session, ("active", "scale", False))
+    state = _set_subscriptions(session)
+    tier = CATALOGUE["free"]
+    assert state == AccountState(
+        "free", Quota(tier.requests_per_minute, tier.monthly_requests, "plan")
     )
-    assert effective_quota(tier, (500, 5_000_000)) == Quota(500, 5_000_000, "override")
+
+
+def test_quota_is_the_plans_unless_overridden(session):
+    for plan in PLANS:
+        tier = CATALOGUE[plan]
+        state = _set_subscriptions(session, ("active", plan, False))
+        assert state == AccountState(
+            plan, Quota(tier.requests_per_minute, tier.monthly_requests, "plan")
+        ), plan
+        state = set_quota_override(session, ACCOUNT, 500, 5_000_000, ops_action="test")
+        assert state == AccountState(plan, Quota(500, 5_000_000, "override")), plan
+        session.execute(text("DELETE FROM quota_overrides WHERE account_id = :a"), {"a": ACCOUNT})
+        state = recompute_account(session, ACCOUNT, CAUSE)
+        assert state.quota == Quota(tier.requests_per_minute, tier.monthly_requests, "plan"), plan
+
+
+def test_an_override_survives_a_plan_change(session):
+    set_quota_override(session, ACCOUNT, 500, 5_000_000, ops_action="test")
+    for plan in PLANS:
+        state = _set_subscriptions(session, ("active", plan, False))
+        assert state == AccountState(plan, Quota(500, 5_000_000, "override")), plan
+
+
+def test_an_audit_row_is_written_only_when_something_changed(session):
+    assert _audit_rows(session) == 0
+    _set_subscriptions(session, ("canceled", "pro", True))
+    assert _audit_rows(session) == 0, "nothing changed: still free"
+    _set_subscriptions(session, ("active", "pro", False))
+    assert _audit_rows(session) == 1, "free -> pro"
+    _set_subscriptions(session, ("past_due", "pro", False))
+    recompute_account(session, ACCOUNT, CAUSE)
+    assert _audit_rows(session) == 1, "still pro with the plan's quota"
+    set_quota_override(session, ACCOUNT, 500, 5_000_000, ops_action="test")
+    assert _audit_rows(session) == 2, "the quota changed"
+    set_quota_override(session, ACCOUNT, 500, 5_000_000, ops_action="test")
+    assert _audit_rows(session) == 2, "the same override again"
+    _set_subscriptions(session)
+    assert _audit_rows(session) == 3, "pro -> free"
 
 
 # --- price -> plan ------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Applying Stripe snapshots (subscriptions, invoices, customers, checkout links).
 
 Webhook handlers and `stripe sync` both call these functions, so drift found by a sync is
-fixed through the same code path as a delivered event. Each applier stores a snapshot
-only when it is newer than the one already stored (`billing.ordering`) with one upsert,
-then recomputes the account when something that decides its plan changed. Nothing here
-commits.
+fixed through the same code path as a delivered event. Each applier parses the snapshot
+and maps its prices to a plan here, then calls the SQL function of migration 0004 that
+stores it only when it is newer than the one already stored (`billing.ordering`) and
+recomputes the account when what it grants changed; the webhook's direct path calls the
+same functions. Nothing here commits.
 
 Accounts are found through the customer's link (`stripe_customers`), else through
 `metadata.account_id` on the subscription (which then links the customer). A snapshot

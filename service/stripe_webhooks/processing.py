@@ -6,7 +6,11 @@ same path however it arrives. The caller owns the transaction; nothing here comm
 Lock order, the same everywhere so concurrent deliveries cannot deadlock:
 1. the customer's advisory lock (`lock_customer`), which serialises every event of one
    Stripe customer across processes and machines;
-2. then the event rows (`INSERT ... ON CONFLICT`, `SELECT ... FOR UPDATE`).
+2. then the rows of the event and its object (`INSERT ... ON CONFLICT`,
+   `SELECT ... FOR UPDATE` on events, subscriptions, invoices);
+3. then, when a plan may change, the account's advisory lock and its row
+   (`billing_recompute_account`), which ops take first and alone.
+`stripe_receive_event` (the direct path) keeps the same order.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def gunicorn_argv(bind: str, workers: int | None = None) -> list[str]:
     "--workers",
     type=int,
     default=None,
-    help="gunicorn workers (default: WEB_CONCURRENCY or 1 per core)",
+    help="gunicorn workers (default: WEB_CONCURRENCY or 1 per core plus 1)",
 )
 def serve(bind: str, workers: int | None) -> None:
     """Serve the application with gunicorn."""

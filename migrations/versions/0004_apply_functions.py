@@ -324,12 +324,14 @@ $$
 # rolls back, so nothing of it is stored.
 RECEIVE_EVENT = """
 CREATE FUNCTION stripe_receive_event(
-    p_event jsonb, p_payload text, p_kind text, p_snapshot jsonb, p_defer_on_tie boolean
+    p_id text, p_type text, p_created bigint, p_livemode boolean, p_api_version text,
+    p_customer_id text, p_payload jsonb, p_kind text, p_snapshot jsonb,
+    p_defer_on_tie boolean
 ) RETURNS TABLE (status text, account_id text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    customer text := p_event->>'customer_id';
+    customer text := p_customer_id;
     linked text;
     stored text;
     result record;
@@ -358,19 +360,16 @@ BEGIN
     END IF;
     INSERT INTO stripe_events (id, type, created, livemode, api_version, payload,
                                customer_id, status, attempts, processed_at, account_id)
-    VALUES (p_event->>'id', p_event->>'type', to_timestamp((p_event->>'created')::bigint),
-            (p_event->>'livemode')::boolean, p_event->>'api_version', p_payload::jsonb,
+    VALUES (p_id, p_type, to_timestamp(p_created), p_livemode, p_api_version, p_payload,
             customer, 'processed', 1, now(), linked)
     ON CONFLICT (id) DO NOTHING;
     IF NOT FOUND THEN
-        SELECT e.status INTO stored FROM stripe_events e WHERE e.id = p_event->>'id'
-           FOR UPDATE;
+        SELECT e.status INTO stored FROM stripe_events e WHERE e.id = p_id FOR UPDATE;
         IF stored IN ('processed', 'ignored') THEN
             RETURN QUERY SELECT 'duplicate'::text, linked;
             RETURN;
         END IF;
-        RAISE EXCEPTION 'Event % is stored but not settled', p_event->>'id'
-              USING ERRCODE = 'WH001';
+        RAISE EXCEPTION 'Event % is stored but not settled', p_id USING ERRCODE = 'WH001';
     END IF;
     IF p_kind = 'subscription' THEN
         SELECT * INTO result FROM billing_apply_subscription(p_snapshot, false, p_defer_on_tie);
@@ -397,7 +396,9 @@ FUNCTIONS = {
     "billing_apply_subscription(jsonb, boolean, boolean)": APPLY_SUBSCRIPTION,
     "billing_apply_invoice(jsonb)": APPLY_INVOICE,
     "billing_apply_customer(jsonb)": APPLY_CUSTOMER,
-    "stripe_receive_event(jsonb, text, text, jsonb, boolean)": RECEIVE_EVENT,
+    "stripe_receive_event(text, text, bigint, boolean, text, text, jsonb, text, jsonb, boolean)": (
+        RECEIVE_EVENT
+    ),
 }
 
 

@@ -23,7 +23,6 @@ times the statement itself, and BEGIN and COMMIT are round trips of their own
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,10 @@ log = logging.getLogger(__name__)
 # SQLSTATE raised by `stripe_receive_event` for an event the full path must take.
 FULL_PATH_SQLSTATE: Final = "WH001"
 
-_RECEIVE = "SELECT status, account_id FROM stripe_receive_event(%s::jsonb, %s, %s, %s::jsonb, %s)"
+_RECEIVE = (
+    "SELECT status, account_id"
+    " FROM stripe_receive_event(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s)"
+)
 
 
 class DatabaseUnavailable(Exception):
@@ -151,17 +153,12 @@ def receive_direct(
     except Exception:  # the full path records why the event failed
         return None
     params = (
-        json.dumps(
-            {
-                "id": event.id,
-                "type": event.type,
-                "created": event.created,
-                "livemode": event.livemode,
-                "api_version": event.api_version,
-                "customer_id": event.customer_id,
-            },
-            separators=(",", ":"),
-        ),
+        event.id,
+        event.type,
+        event.created,
+        event.livemode,
+        event.api_version,
+        event.customer_id,
         raw_json,
         kind,
         snapshot_json(record),

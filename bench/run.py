@@ -1,17 +1,20 @@
 """`make bench`: the full service against the ceiling of this machine, side by side.
 
-One run, one throwaway database: the ceiling (bench/ceiling.py), the service on an empty
-database, then the service again with BENCH_GROWTH_EVENTS (default 1,000,000) events
-already stored. Each target gets the same gunicorn settings and the same traffic from a
-separate load process at BENCH_CONCURRENCY (16) for BENCH_SECONDS. Prints a table,
+One run, one throwaway database: the ceiling and the floor (bench/ceiling.py), the
+service on an empty database, then the service again with BENCH_GROWTH_EVENTS (default
+1,000,000) events already stored. Each target gets the same gunicorn settings and the
+same traffic from a separate load process at BENCH_CONCURRENCY (16) for BENCH_SECONDS, in
+BENCH_ROUNDS rounds that alternate the targets, so a busy neighbour on a shared machine
+weighs on all of them alike. Prints a table,
 checks the targets, and writes bench/RESULTS.md. BENCH_MEMORY_EVENTS=200000 adds a long
 run that samples every worker's RSS (the memory check). Exit status 1 when a target is
 missed, so a regression cannot pass unnoticed.
 
 Environment: BENCH_DATABASE_URL or DATABASE_URL (a server to create the throwaway
 database on; default the embedded server under ./var/bench-postgres), BENCH_SECONDS (20),
-BENCH_WARMUP (3), BENCH_CUSTOMERS (1000), BENCH_CONCURRENCY (16),
-BENCH_GROWTH_EVENTS (1000000; 0 skips), BENCH_MEMORY_EVENTS (0 skips), WEB_CONCURRENCY.
+BENCH_ROUNDS (3), BENCH_WARMUP (3), BENCH_CUSTOMERS (1000), BENCH_CONCURRENCY (16),
+BENCH_GROWTH_EVENTS (1000000; 0 skips), BENCH_MEMORY_EVENTS (0 skips), WEB_CONCURRENCY,
+BENCH_PROFILE (a target name: sample its workers with py-spy), BENCH_PROFILE_RATE (100).
 """
 
 from __future__ import annotations
@@ -381,7 +384,7 @@ def main() -> int:
         "warmup": warmup,
         "concurrency": concurrency,
     }
-    rounds = _env_int("BENCH_ROUNDS", 2)
+    rounds = _env_int("BENCH_ROUNDS", 3)
     print(
         f"bench: {os.cpu_count()} cores, concurrency {concurrency}, {seconds:.0f} s per target, "
         f"{rounds} rounds (targets alternate, so a neighbour's load spreads over all of them)"

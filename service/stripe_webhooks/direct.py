@@ -4,17 +4,17 @@ Most deliveries are a checkout that links a customer to an account, or a subscri
 invoice or customer snapshot of a customer already linked. For those the webhook
 computes the snapshot record in Python (the same `*_record` functions the full path
 uses) and calls the SQL function `stripe_receive_event` (migration 0004) on a pooled
-connection in autocommit mode. The
-function takes the customer's lock, stores the event as `processed` and calls the same
-`billing_apply_*` functions as the full path, so both paths apply one set of rules; a
-statement is its own transaction, so the event and its effects commit together or not
-at all.
+connection in autocommit mode. The function takes the customer's lock, stores the event
+as `processed` and calls the same `billing_*` functions as the full path, so both paths
+apply one set of rules; a statement is its own transaction, so the event and its effects
+commit together or not at all.
 
 Everything else takes the full path (`processing.receive`): event types without a
 direct kind, an event whose snapshot does not parse or whose price maps to no plan (the
 full path records the failure), and the cases the function refuses with SQLSTATE WH001
 after rolling back: a customer not linked yet, an event stored earlier but not settled,
-a same-second tie that needs Stripe's answer.
+a same-second tie that needs Stripe's answer, a checkout whose link conflicts with an
+existing one or has events waiting for it.
 
 Why not through the session: SQLAlchemy's session and transaction scope cost several
 times the statement itself, and BEGIN and COMMIT are round trips of their own

@@ -320,8 +320,9 @@ $$
 """
 
 # SQLSTATE WH001: the event needs the full path in Python (its customer is not linked, it
-# was stored before but never settled, or a tie needs Stripe's answer); the statement
-# rolls back, so nothing of it is stored.
+# was stored before but never settled, a tie needs Stripe's answer, a checkout's link
+# conflicts or has events waiting for it); the statement rolls back, so nothing of it is
+# stored.
 RECEIVE_EVENT = """
 CREATE FUNCTION stripe_receive_event(
     p_id text, p_type text, p_created bigint, p_livemode boolean, p_api_version text,

@@ -414,6 +414,12 @@ def main() -> int:
                 runs.setdefault(name, []).append(one)
         merged = [_merge(name, parts) for name, parts in runs.items()]
         results.extend(merged)
+        # Each round's own ratios: their spread says how much a neighbour moved the figures.
+        per_round = [
+            f"{served.rate / limit.rate:.2f}" if limit.rate else "-"
+            for limit, served in zip(runs["ceiling"], runs["service"], strict=True)
+        ]
+        notes.append(f"service/ceiling throughput by round: {', '.join(per_round)}")
         ceiling, floor, service = merged[0], merged[1], merged[2]
         if grown_url:
             grown = merged[3]

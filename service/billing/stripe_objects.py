@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from ..stripe_api import StripeObjectNotFound
 from .accounts import Cause, recompute_account
 from .ordering import invoice_precedence, subscription_precedence
-from .plans import load_catalogue, plan_for_prices
+from .plans import Catalogue, load_catalogue, plan_for_prices
 from .snapshots import (
     CustomerSnapshot,
     InvoiceSnapshot,
@@ -199,13 +199,17 @@ _APPLY_SUBSCRIPTION = text(
 def subscription_record(
     snap: SubscriptionSnapshot,
     *,
-    plan: str,
-    price_id: str | None,
+    plan_price_map: Mapping[str, str],
+    catalogue: Catalogue,
     deleted: bool,
     created: int,
     cause: Cause,
 ) -> dict[str, Any]:
-    """The argument of `billing_apply_subscription`: the columns and the ordering key."""
+    """The argument of `billing_apply_subscription`: the columns and the ordering key.
+
+    Maps the snapshot's prices to a plan first; raises `UnknownPrice` when one maps to none.
+    """
+    plan, price_id = plan_for_prices(snap.prices, plan_price_map, catalogue)
     return {
         "id": snap.id,
         "customer_id": snap.customer_id,
@@ -258,10 +262,14 @@ def apply_subscription_snapshot(
     """
     snap = parse_subscription(subscription)
     catalogue = load_catalogue(session)
-    plan, price_id = plan_for_prices(snap.prices, plan_price_map, catalogue)
     deleted = snap.ended(deleted_event)
     record = subscription_record(
-        snap, plan=plan, price_id=price_id, deleted=deleted, created=created, cause=cause
+        snap,
+        plan_price_map=plan_price_map,
+        catalogue=catalogue,
+        deleted=deleted,
+        created=created,
+        cause=cause,
     )
     # With an API client, a same-second tie is stored by the rule but the account is left
     # alone (`tie`), until Stripe's answer below is stored.
@@ -280,13 +288,12 @@ def apply_subscription_snapshot(
         fetched_obj = _refetch(stripe_api, snap.id, cause)
         if fetched_obj is not None:
             fetched = parse_subscription(fetched_obj)
-            fetched_plan, fetched_price = plan_for_prices(fetched.prices, plan_price_map, catalogue)
             refetched = _apply_subscription(
                 session,
                 subscription_record(
                     fetched,
-                    plan=fetched_plan,
-                    price_id=fetched_price,
+                    plan_price_map=plan_price_map,
+                    catalogue=catalogue,
                     deleted=fetched.ended() or deleted,
                     created=created,
                     cause=cause,

@@ -32,7 +32,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from ..billing.accounts import Cause
-from ..billing.plans import load_catalogue, plan_for_prices
+from ..billing.plans import load_catalogue
 from ..billing.snapshots import (
     parse_checkout_session,
     parse_customer,
@@ -78,13 +78,10 @@ RecordBuilder = Callable[[Event, ProcessingContext, Engine], dict[str, Any]]
 def _subscription(deleted: bool) -> RecordBuilder:
     def build(event: Event, context: ProcessingContext, engine: Engine) -> dict[str, Any]:
         snap = parse_subscription(event.data_object)
-        plan, price_id = plan_for_prices(
-            snap.prices, context.settings.plan_price_map, load_catalogue(engine)
-        )
         return subscription_record(
             snap,
-            plan=plan,
-            price_id=price_id,
+            plan_price_map=context.settings.plan_price_map,
+            catalogue=load_catalogue(engine),
             deleted=snap.ended(deleted),
             created=event.created,
             cause=Cause.event(event.id),

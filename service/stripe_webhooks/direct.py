@@ -3,11 +3,12 @@
 Most deliveries are a checkout that links a customer to an account, or a subscription,
 invoice or customer snapshot of a customer already linked. For those the webhook
 computes the snapshot record in Python (the same `*_record` functions the full path
-uses) and calls the SQL function `stripe_receive_event` (migration 0004) on a pooled
-connection in autocommit mode. The function takes the customer's lock, stores the event
-as `processed` and calls the same `billing_*` functions as the full path, so both paths
-apply one set of rules; a statement is its own transaction, so the event and its effects
-commit together or not at all.
+uses) and calls the SQL function `stripe_receive_event` (migration 0004) on the
+connection this thread keeps for it, in autocommit mode (`held_connection.py`). The
+function takes the customer's lock, stores the event as `processed` and calls the same
+`billing_*` functions as the full path, so both paths apply one set of rules; a
+statement is its own transaction, so the event and its effects commit together or not
+at all.
 
 Everything else takes the full path (`processing.receive`): event types without a
 direct kind, an event whose snapshot does not parse or whose price maps to no plan (the
@@ -46,6 +47,7 @@ from ..billing.stripe_objects import (
     subscription_record,
 )
 from ..db_watchdog import watchdog_of
+from .held_connection import held_connections
 from .payload import Event
 from .processing import ProcessingContext
 
@@ -166,24 +168,18 @@ def receive_direct(
 
 
 def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """Run `stripe_receive_event` on a pooled connection, in autocommit, watched."""
+    """Run `stripe_receive_event` on this thread's held connection, in autocommit, watched."""
     watchdog = watchdog_of(engine)
+    held = held_connections(engine)
     try:
-        pooled = engine.raw_connection()
+        connection = held.get()
     except Exception as exc:
         raise DatabaseUnavailable(type(exc).__name__) from exc
+    watchdog.arm(connection)
     try:
-        connection: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
-        connection.autocommit = True
-        watchdog.arm(connection)
-        try:
-            row = connection.execute(_RECEIVE, params).fetchone()
-        finally:
-            watchdog.disarm(connection)
-            if not connection.closed:
-                connection.autocommit = False
+        row: tuple[Any, ...] | None = connection.execute(_RECEIVE, params).fetchone()
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        pooled.invalidate(exc)
+        held.discard(exc)
         raise DatabaseUnavailable(type(exc).__name__) from exc
     except psycopg.Error as exc:
         if exc.sqlstate != FULL_PATH_SQLSTATE:
@@ -195,5 +191,5 @@ def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
             )
         return None
     finally:
-        pooled.close()
+        watchdog.disarm(connection)
     return row

@@ -9,7 +9,7 @@ LINT_PATHS := $(wildcard service tests migrations bench)
 TEST_DATABASE_URL ?=
 export TEST_DATABASE_URL
 
-.PHONY: install run test lint typecheck pytest bench chaos clean
+.PHONY: install run test lint typecheck pytest bench bench-sql chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ pytest: install
 ## bench: the service against this machine's ceiling (bench/RESULTS.md); BENCH_* env vars size it
 bench: install
 	$(BIN)/python -m bench.run
+
+## bench-sql: the database's CPU and WAL per event, service functions vs the ceiling's insert
+bench-sql: install
+	$(BIN)/python -m bench.sql
 
 ## chaos: kill -9 a worker, restart and partition PostgreSQL, two instances, fuzzing (a few minutes)
 chaos: install

@@ -175,7 +175,7 @@ def run_target(
     return result
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """User + system CPU seconds of a process so far (0 when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -202,8 +202,8 @@ def _cpu_seconds(
         backend_pids = list(backends)
     engine.dispose()
     return (
-        {pid: _process_cpu(pid) for pid in worker_pids},
-        {pid: _process_cpu(pid) for pid in backend_pids},
+        {pid: process_cpu(pid) for pid in worker_pids},
+        {pid: process_cpu(pid) for pid in backend_pids},
     )
 
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # SQLSTATE raised by `stripe_receive_event` for an event the full path must take.
 FULL_PATH_SQLSTATE: Final = "WH001"
 
-_RECEIVE = (
+RECEIVE_SQL = (
     "SELECT status, account_id"
     " FROM stripe_receive_event(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s)"
 )
@@ -143,6 +143,19 @@ def receive_direct(
     Raises `DatabaseUnavailable` when the database cannot be reached or does not answer
     within DATABASE_TIMEOUT (plus the watchdog's grace), so the view answers 503.
     """
+    arguments = receive_arguments(engine, event, raw_json, context)
+    if arguments is None:
+        return None
+    row = _execute(engine, arguments)
+    return None if row is None else Received(row[0], row[1])
+
+
+def receive_arguments(
+    engine: Engine, event: Event, raw_json: str, context: ProcessingContext
+) -> tuple[Any, ...] | None:
+    """The arguments of `stripe_receive_event` (RECEIVE_SQL) for `event`, or None when
+    its type has no direct kind or its snapshot cannot be built (the full path takes it).
+    """
     direct = DIRECT_KINDS.get(event.type)
     if direct is None:
         return None
@@ -151,7 +164,7 @@ def receive_direct(
         record = build(event, context, engine)
     except Exception:  # the full path records why the event failed
         return None
-    params = (
+    return (
         event.id,
         event.type,
         event.created,
@@ -163,8 +176,6 @@ def receive_direct(
         snapshot_json(record),
         context.stripe_api is not None,
     )
-    row = _execute(engine, params)
-    return None if row is None else Received(row[0], row[1])
 
 
 def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -177,7 +188,7 @@ def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         raise DatabaseUnavailable(type(exc).__name__) from exc
     watchdog.arm(connection)
     try:
-        row: tuple[Any, ...] | None = connection.execute(_RECEIVE, params).fetchone()
+        row: tuple[Any, ...] | None = connection.execute(RECEIVE_SQL, params).fetchone()
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         held.discard(exc)
         raise DatabaseUnavailable(type(exc).__name__) from exc

@@ -145,3 +145,18 @@ def test_a_connection_kept_by_a_parent_process_is_left_to_it(
 
     assert held_connections(engine).get() is not parents
     assert not parents.closed  # the parent may still be using it
+
+
+def test_a_kept_connection_found_closed_is_dropped_from_the_pool_and_replaced(
+    client: FlaskClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_full_path(monkeypatch)
+    assert deliver(client, checkout()) == "processed"
+    closed = held_connections(engine).get()
+    closed.close()
+
+    assert deliver(client, subscription_updated("evt_after_close")) == "processed"
+
+    assert held_connections(engine).get() is not closed
+    assert engine.pool.checkedout() == 1  # the closed one no longer counts
+    assert quota(engine, ACCOUNT) == PRO

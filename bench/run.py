@@ -44,7 +44,7 @@ OUT = ROOT / "bench" / "out"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
@@ -370,10 +370,10 @@ def _rss_line(r: Result) -> str:
 def main() -> int:
     seconds = _env_float("BENCH_SECONDS", 20)
     warmup = _env_float("BENCH_WARMUP", 3)
-    customers = _env_int("BENCH_CUSTOMERS", 1000)
-    concurrency = _env_int("BENCH_CONCURRENCY", 16)
-    growth = _env_int("BENCH_GROWTH_EVENTS", 1_000_000)
-    memory_events = _env_int("BENCH_MEMORY_EVENTS", 0)
+    customers = env_int("BENCH_CUSTOMERS", 1000)
+    concurrency = env_int("BENCH_CONCURRENCY", 16)
+    growth = env_int("BENCH_GROWTH_EVENTS", 1_000_000)
+    memory_events = env_int("BENCH_MEMORY_EVENTS", 0)
     base = server_url()
     started = time.time()
     results: list[Result] = []
@@ -384,7 +384,7 @@ def main() -> int:
         "warmup": warmup,
         "concurrency": concurrency,
     }
-    rounds = _env_int("BENCH_ROUNDS", 3)
+    rounds = env_int("BENCH_ROUNDS", 3)
     print(
         f"bench: {os.cpu_count()} cores, concurrency {concurrency}, {seconds:.0f} s per target, "
         f"{rounds} rounds (targets alternate, so a neighbour's load spreads over all of them)"

@@ -47,7 +47,7 @@ from service.stripe_webhooks.processing import ProcessingContext
 from .ceiling import TABLE as CEILING_TABLE
 from .events import PLAN_PRICE_MAP, SECRET, Workload
 from .pg import server_url, throwaway_database
-from .run import process_cpu
+from .run import env_int, process_cpu
 
 _CEILING_SCHEMA = f"CREATE TABLE {CEILING_TABLE} (id text PRIMARY KEY, payload jsonb NOT NULL)"
 _CEILING_INSERT = (
@@ -56,10 +56,6 @@ _CEILING_INSERT = (
 
 Arguments = tuple[Any, ...]
 Call = Callable[[psycopg.Connection[Any], Arguments], None]
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
 
 
 @dataclass
@@ -84,7 +80,9 @@ class Measured:
         return self.wal_bytes / self.events
 
 
-def build_arguments(database_url: str, customers: int, events: int) -> tuple[list, list]:
+def build_arguments(
+    database_url: str, customers: int, events: int
+) -> tuple[list[Arguments], list[Arguments]]:
     """The direct path's arguments for the link phase and for the mixed phase."""
     workload = Workload("sql", customers)
     link = workload.link_all()
@@ -95,9 +93,9 @@ def build_arguments(database_url: str, customers: int, events: int) -> tuple[lis
     context = ProcessingContext(settings=settings)
     engine = create_engine(database_url, poolclass=NullPool)  # the plan catalogue
     try:
-        converted = []
+        converted: list[list[Arguments]] = []
         for phase in (link, mixed):
-            arguments = []
+            arguments: list[Arguments] = []
             for _, body in phase:
                 event, raw_json = parse_event(body)
                 call = receive_arguments(engine, event, raw_json, context)
@@ -187,10 +185,10 @@ def one_round(
 
 def main() -> int:
     base_url = server_url()
-    customers = _env_int("BENCH_CUSTOMERS", 500)
-    events = _env_int("BENCH_SQL_EVENTS", 6000)
-    connections = _env_int("BENCH_SQL_CONNECTIONS", 3)
-    rounds = _env_int("BENCH_ROUNDS", 3)
+    customers = env_int("BENCH_CUSTOMERS", 500)
+    events = env_int("BENCH_SQL_EVENTS", 6000)
+    connections = env_int("BENCH_SQL_CONNECTIONS", 3)
+    rounds = env_int("BENCH_ROUNDS", 3)
     extra_path = os.environ.get("BENCH_SQL_EXTRA")
     extra = Path(extra_path).read_text() if extra_path else ""
 

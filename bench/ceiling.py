@@ -28,7 +28,8 @@ from service.config import normalize_database_url
 from service.stripe_webhooks.signature import SignatureError, verify
 
 TABLE = "bench_ceiling_events"
-_INSERT = f"INSERT INTO {TABLE} (id, payload) VALUES (%s, %s::jsonb) ON CONFLICT (id) DO NOTHING"
+SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (id text PRIMARY KEY, payload jsonb NOT NULL)"
+INSERT = f"INSERT INTO {TABLE} (id, payload) VALUES (%s, %s::jsonb) ON CONFLICT (id) DO NOTHING"
 
 FLOOR_TABLE = "bench_floor_events"
 FLOOR_OBJECTS = "bench_floor_objects"
@@ -48,8 +49,8 @@ def create_app() -> Flask:
     """The ceiling: verify, insert the raw event, answer."""
     return _receiver(
         "bench.ceiling",
-        [f"CREATE TABLE IF NOT EXISTS {TABLE} (id text PRIMARY KEY, payload jsonb NOT NULL)"],
-        lambda text, event: (_INSERT, (event["id"], text)),
+        [SCHEMA],
+        lambda text, event: (INSERT, (event["id"], text)),
     )
 
 

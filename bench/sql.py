@@ -44,15 +44,10 @@ from service.stripe_webhooks.direct import FULL_PATH_SQLSTATE, RECEIVE_SQL, rece
 from service.stripe_webhooks.payload import parse_event
 from service.stripe_webhooks.processing import ProcessingContext
 
-from .ceiling import TABLE as CEILING_TABLE
+from . import ceiling
 from .events import PLAN_PRICE_MAP, SECRET, Workload
 from .pg import server_url, throwaway_database
 from .run import env_int, process_cpu
-
-_CEILING_SCHEMA = f"CREATE TABLE {CEILING_TABLE} (id text PRIMARY KEY, payload jsonb NOT NULL)"
-_CEILING_INSERT = (
-    f"INSERT INTO {CEILING_TABLE} (id, payload) VALUES (%s, %s::jsonb) ON CONFLICT (id) DO NOTHING"
-)
 
 Arguments = tuple[Any, ...]
 Call = Callable[[psycopg.Connection[Any], Arguments], None]
@@ -113,7 +108,7 @@ def _receive(connection: psycopg.Connection[Any], arguments: Arguments) -> None:
 
 
 def _ceiling(connection: psycopg.Connection[Any], arguments: Arguments) -> None:
-    connection.execute(_CEILING_INSERT, (arguments[0], arguments[6]))
+    connection.execute(ceiling.INSERT, (arguments[0], arguments[6]))
 
 
 def _replay(
@@ -171,7 +166,7 @@ def one_round(
             first = opened[0]
             if extra:
                 first.execute(extra)
-            first.execute(_CEILING_SCHEMA)
+            first.execute(ceiling.SCHEMA)
             for arguments in link:
                 _receive(first, arguments)
             return [

@@ -2,8 +2,8 @@
 
 What this module proves: every direct event runs on the same kept connection, which stays
 checked out of the pool; a connection the server dropped costs one 503 (Stripe retries)
-and is replaced; `engine.dispose()` closes it; one kept past the pool's recycle time, or
-inherited from a parent process, is replaced.
+and is replaced; `engine.dispose()` closes it; one kept past the pool's recycle time, one
+found closed, or one inherited from a parent process, is replaced.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # SQLSTATE raised by `stripe_receive_event` for an event the full path must take.
 FULL_PATH_SQLSTATE: Final = "WH001"
+# SQLSTATEs of a session the server ended (admin_shutdown 57P01, crash_shutdown 57P02 ...).
+SESSION_ENDED_SQLSTATE_CLASS: Final = "57P"
 
 RECEIVE_SQL = (
     "SELECT status, account_id"
@@ -64,6 +66,12 @@ RECEIVE_SQL = (
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or did not answer in time (the view answers 503)."""
+
+
+class SessionEnded(DatabaseUnavailable):
+    """The server ended the connection's session (SQLSTATE class 57P: it shut down, or
+    terminated that backend). Whatever the statement had done was rolled back, or had
+    committed before the session ended; either way it may be sent again."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,20 @@ def receive_arguments(
 
 
 def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """Run `stripe_receive_event` on this thread's held connection, in autocommit, watched."""
+    """Run `stripe_receive_event` on this thread's held connection, in autocommit, watched.
+
+    A connection the server ended while it was kept (a restart, `pg_terminate_backend`)
+    is replaced and the statement sent once more: the function is idempotent, so a first
+    attempt that did commit only turns the answer into `duplicate`. Any other connection
+    error (a timeout, a connection refused) answers 503 at once.
+    """
+    try:
+        return _execute_once(engine, params)
+    except SessionEnded:
+        return _execute_once(engine, params)  # a second SessionEnded answers 503
+
+
+def _execute_once(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
     watchdog = watchdog_of(engine)
     held = held_connections(engine)
     try:
@@ -191,6 +212,8 @@ def _execute(engine: Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = connection.execute(RECEIVE_SQL, params).fetchone()
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         held.discard(exc)
+        if (exc.sqlstate or "").startswith(SESSION_ENDED_SQLSTATE_CLASS):
+            raise SessionEnded(exc.sqlstate) from exc
         raise DatabaseUnavailable(type(exc).__name__) from exc
     except psycopg.Error as exc:
         if exc.sqlstate != FULL_PATH_SQLSTATE:

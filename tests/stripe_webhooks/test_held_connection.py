@@ -1,9 +1,10 @@
 """The direct path keeps one connection per thread (`stripe_webhooks/held_connection.py`).
 
 What this module proves: every direct event runs on the same kept connection, which stays
-checked out of the pool; a connection the server dropped costs one 503 (Stripe retries)
-and is replaced; `engine.dispose()` closes it; one kept past the pool's recycle time, one
-found closed, or one inherited from a parent process, is replaced.
+checked out of the pool; a connection the server ended is replaced and the event sent
+again (a 503 only when the replacement fails too); `engine.dispose()` closes it; one kept
+past the pool's recycle time, one found closed, or one inherited from a parent process,
+is replaced.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.stripe_webhooks import held_connection
 from service.stripe_webhooks.held_connection import held_connections
@@ -77,26 +80,49 @@ def test_every_direct_event_runs_on_the_one_kept_connection(
     assert quota(engine, ACCOUNT) == SCALE
 
 
-def test_a_connection_the_server_dropped_costs_one_503_then_is_replaced(
+def terminate(database_url: str, backend: int) -> None:
+    """End `backend`'s session as a restart or an administrator would, and wait for it."""
+    killer = create_engine(database_url)
+    with killer.begin() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    killer.dispose()
+    assert wait_until(lambda: last_query_of(database_url, backend) is None)
+
+
+def test_a_connection_the_server_ended_is_replaced_and_the_event_sent_again(
     client: FlaskClient, engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     forbid_full_path(monkeypatch)
     assert deliver(client, checkout()) == "processed"
-    dropped = kept_backend(engine)
-    killer = create_engine(database_url)
-    with killer.begin() as connection:
-        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
-    killer.dispose()
-    assert wait_until(lambda: last_query_of(database_url, dropped) is None)
+    ended = kept_backend(engine)
+    terminate(database_url, ended)
+
+    assert deliver(client, subscription_updated("evt_after_drop")) == "processed"
+
+    assert kept_backend(engine) != ended
+    assert engine.pool.checkedout() == 1  # the ended one no longer counts
+    assert quota(engine, ACCOUNT) == PRO
+
+
+def test_when_the_replacement_fails_too_the_answer_is_503_and_nothing_is_stored(
+    client: FlaskClient, engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_full_path(monkeypatch)
+    assert deliver(client, checkout()) == "processed"
+    terminate(database_url, kept_backend(engine))
     upgrade = subscription_updated("evt_after_drop")
 
-    refused = post_event(client, upgrade)
+    def refuse() -> None:
+        raise OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "raw_connection", refuse)  # the server is still down
+        refused = post_event(client, upgrade)
     assert refused.status_code == 503
     assert refused.headers["Retry-After"]
     assert quota(engine, ACCOUNT) != PRO  # nothing of it was stored
 
     assert deliver(client, upgrade) == "processed"  # Stripe's retry
-    assert kept_backend(engine) != dropped
     assert quota(engine, ACCOUNT) == PRO
 
 
